@@ -1,0 +1,142 @@
+//! Switchyard configuration: the TOML file schema turned into a validated model.
+//!
+//! This crate owns the meaning of the config file and nothing else: it reads
+//! text, reports every problem it finds (file, line, column, key path), and
+//! hands out a [`Config`] only when the whole file is valid, so holding a
+//! `Config` proves it can be served. It must not import tokio, pingora,
+//! rustls or tracing: the runtime crates build their own state from this
+//! model.
+//!
+//! Start with [`Config::load`] and [`Config::parse`]; the walk over the file
+//! is in `parse.rs`, and every key is documented in `docs/config.md`.
+
+mod error;
+mod parse;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::{Diagnostic, Diagnostics, LoadError};
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Listening sockets (process-level: a change needs a restart).
+    pub listen: Listen,
+    /// Process settings (process-level: a change needs a restart).
+    pub server: ServerSettings,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Services sorted by name.
+    pub services: Vec<Service>,
+}
+
+/// The addresses Switchyard listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Plain HTTP listener.
+    pub http: SocketAddr,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub grace_period: Duration,
+    /// Worker threads for the proxy; `None` means one per CPU.
+    pub threads: Option<usize>,
+}
+
+/// Which request hosts a route applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostMatch {
+    /// Any host (the route has no `host` key).
+    Any,
+    /// Exactly this host name (lower case, no port).
+    Exact(String),
+    /// Any host ending in `.` + this suffix, at any depth: `*.example.com`
+    /// is stored as `example.com` and matches `a.example.com` and
+    /// `a.b.example.com`, but not `example.com` itself.
+    Wildcard(String),
+}
+
+/// One routing rule: requests for `host` whose path starts with `path` go
+/// to `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The hosts this route applies to.
+    pub host: HostMatch,
+    /// Path prefix, always starting with `/`. It matches whole segments:
+    /// `/api` matches `/api` and `/api/v1`, not `/apiary`.
+    pub path: String,
+    /// Name of the service, known to exist in [`Config::services`].
+    pub service: String,
+}
+
+/// A service: named pools of backends and how traffic is split among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The service's name (its key under `[services]`).
+    pub name: String,
+    /// Pools sorted by name. Shares are relative weights; at least one is
+    /// non-zero, and every pool with a non-zero share has backends.
+    pub pools: Vec<Pool>,
+    /// How long one connection attempt to a backend may take before the
+    /// next backend is tried.
+    pub connect_timeout: Duration,
+}
+
+/// A named group of interchangeable backends (one version of a service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// The pool's name, for example `blue` or `green`.
+    pub name: String,
+    /// Relative share of the service's traffic; 0 means the pool is idle.
+    pub share: u32,
+    /// Backend addresses, without duplicates.
+    pub backends: Vec<SocketAddr>,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string()).map_err(LoadError::Invalid)
+    }
+
+    /// Validates configuration text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
+        parse::parse(text, file)
+    }
+
+    /// Settings that a running process cannot change, described for a
+    /// "restart required" message, comparing `self` (running) with `next`.
+    pub fn restart_required(&self, next: &Config) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.listen.http != next.listen.http {
+            changes.push(format!(
+                "listen.http changed from {} to {}",
+                self.listen.http, next.listen.http
+            ));
+        }
+        if self.server.threads != next.server.threads {
+            changes.push("server.threads changed".to_string());
+        }
+        if self.server.grace_period != next.server.grace_period {
+            changes.push("server.grace_period changed".to_string());
+        }
+        changes
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services
+            .binary_search_by(|s| s.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.services[i])
+    }
+}

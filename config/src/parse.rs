@@ -1,0 +1,861 @@
+//! The walk over a TOML document: every key checked, every problem collected.
+//!
+//! The document is read with `toml_edit`, which keeps the byte span of every
+//! key and value, so each problem is reported at its line. The walk never
+//! stops at the first problem: it keeps going and returns all of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml_edit::{Document, Item, TableLike, Value};
+
+use crate::{
+    Config, Diagnostic, Diagnostics, HostMatch, Listen, Pool, Route, ServerSettings, Service,
+};
+
+/// Default for `server.grace_period`.
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Default for `services.<name>.connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest share a pool may have; shares are relative, so this is plenty.
+const MAX_SHARE: i64 = 1_000_000;
+
+pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
+    let mut w = Walk::new(text, file);
+    let doc = match Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let message = e.message().trim_end().to_string();
+            w.error(e.span(), "", format!("invalid TOML: {message}"));
+            return Err(Diagnostics(w.diags));
+        }
+    };
+    let root = doc.as_table();
+    w.known_keys(root, "", &["listen", "server", "routes", "services"]);
+    let listen = w.listen(root);
+    let server = w.server(root);
+    let services = w.services(root);
+    let routes = w.routes(root, &services);
+    match (listen, server) {
+        (Some(listen), Some(server)) if w.diags.is_empty() => Ok(Config {
+            listen,
+            server,
+            routes,
+            services: services.into_values().collect(),
+        }),
+        _ => {
+            // Defensive: a missing section always records a problem, so the
+            // list is not empty here; keep the contract if that ever changes.
+            if w.diags.is_empty() {
+                w.error(None, "", "incomplete configuration");
+            }
+            Err(Diagnostics(w.diags))
+        }
+    }
+}
+
+/// State of one walk: the text (for line numbers) and what was found wrong.
+struct Walk<'a> {
+    file: &'a str,
+    line_starts: Vec<usize>,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(text: &'a str, file: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Walk {
+            file,
+            line_starts,
+            text,
+            diags: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let (line, column) = position(&self.line_starts, self.text, span);
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports every key of `table` that is not in `allowed`.
+    fn known_keys(&mut self, table: &dyn TableLike, path: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            if !allowed.contains(&key) {
+                let span = table.key(key).and_then(|k| k.span());
+                let expected = allowed
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.error(
+                    span,
+                    &join(path, key),
+                    format!("unknown key; expected one of {expected}"),
+                );
+            }
+        }
+    }
+
+    fn table<'d>(
+        &mut self,
+        item: &'d Item,
+        span: Option<Range<usize>>,
+        path: &str,
+    ) -> Option<&'d dyn TableLike> {
+        let table = item.as_table_like();
+        if table.is_none() {
+            self.error(
+                item.span().or(span),
+                path,
+                format!("expected a table, found {}", item.type_name()),
+            );
+        }
+        table
+    }
+
+    fn string<'d>(&mut self, item: &'d Item, path: &str) -> Option<&'d str> {
+        let s = item.as_str();
+        if s.is_none() {
+            self.error(
+                item.span(),
+                path,
+                format!("expected a string, found {}", item.type_name()),
+            );
+        }
+        s
+    }
+
+    fn integer(&mut self, item: &Item, path: &str, range: Range<i64>) -> Option<i64> {
+        let Some(n) = item.as_integer() else {
+            self.error(
+                item.span(),
+                path,
+                format!("expected an integer, found {}", item.type_name()),
+            );
+            return None;
+        };
+        if !range.contains(&n) {
+            self.error(
+                item.span(),
+                path,
+                format!(
+                    "{n} is out of range; expected {} to {}",
+                    range.start,
+                    range.end - 1
+                ),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn duration(&mut self, item: &Item, path: &str) -> Option<Duration> {
+        let raw = self.string(item, path)?;
+        match humantime::parse_duration(raw) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    item.span(),
+                    path,
+                    format!("invalid duration {raw:?} ({e}); write it like \"500ms\", \"2s\" or \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, item: &Item, path: &str) -> Option<SocketAddr> {
+        let raw = self.string(item, path)?;
+        match raw.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(
+                    item.span(),
+                    path,
+                    format!(
+                        "invalid address {raw:?}; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn listen(&mut self, root: &dyn TableLike) -> Option<Listen> {
+        let Some(item) = root.get("listen") else {
+            self.error(
+                None,
+                "listen",
+                "missing [listen] table; add `[listen]` with `http = \"127.0.0.1:8080\"`",
+            );
+            return None;
+        };
+        let table = self.table(item, None, "listen")?;
+        self.known_keys(table, "listen", &["http"]);
+        let Some(http) = table.get("http") else {
+            self.error(
+                item.span().or_else(|| first_key_span(table)),
+                "listen.http",
+                "missing key; the plain HTTP listener address is required",
+            );
+            return None;
+        };
+        let http = self.socket_addr(http, "listen.http")?;
+        Some(Listen { http })
+    }
+
+    fn server(&mut self, root: &dyn TableLike) -> Option<ServerSettings> {
+        let mut settings = ServerSettings {
+            grace_period: DEFAULT_GRACE_PERIOD,
+            threads: None,
+        };
+        let Some(item) = root.get("server") else {
+            return Some(settings);
+        };
+        let table = self.table(item, None, "server")?;
+        self.known_keys(table, "server", &["grace_period", "threads"]);
+        let mut ok = true;
+        if let Some(v) = table.get("grace_period") {
+            match self.duration(v, "server.grace_period") {
+                Some(d) => settings.grace_period = d,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("threads") {
+            match self.integer(v, "server.threads", 1..1025) {
+                Some(n) => settings.threads = usize::try_from(n).ok(),
+                None => ok = false,
+            }
+        }
+        ok.then_some(settings)
+    }
+
+    fn services(&mut self, root: &dyn TableLike) -> BTreeMap<String, Service> {
+        let mut services = BTreeMap::new();
+        let Some(item) = root.get("services") else {
+            return services;
+        };
+        let Some(table) = self.table(item, None, "services") else {
+            return services;
+        };
+        for (name, item) in table.iter() {
+            let path = join("services", name);
+            let span = table.key(name).and_then(|k| k.span());
+            if let Some(service) = self.service(name, item, span, &path) {
+                services.insert(name.to_string(), service);
+            }
+        }
+        services
+    }
+
+    fn service(
+        &mut self,
+        name: &str,
+        item: &Item,
+        span: Option<Range<usize>>,
+        path: &str,
+    ) -> Option<Service> {
+        let table = self.table(item, span.clone(), path)?;
+        self.known_keys(table, path, &["split", "pools", "connect_timeout"]);
+        let anchor = item.span().or(span);
+
+        let mut connect_timeout = Some(DEFAULT_CONNECT_TIMEOUT);
+        if let Some(v) = table.get("connect_timeout") {
+            let key = join(path, "connect_timeout");
+            connect_timeout = self.duration(v, &key);
+            if connect_timeout == Some(Duration::ZERO) {
+                self.error(v.span(), &key, "must be more than zero");
+                connect_timeout = None;
+            }
+        }
+
+        let pools_path = join(path, "pools");
+        let mut pools: BTreeMap<String, (Pool, Option<Range<usize>>)> = BTreeMap::new();
+        let mut pools_ok = true;
+        match table.get("pools") {
+            None => {
+                self.error(
+                    anchor.clone(),
+                    &pools_path,
+                    "missing key; a service needs at least one pool, e.g. \
+                     `[services.NAME.pools.blue]` with `backends = [\"127.0.0.1:9001\"]`",
+                );
+                pools_ok = false;
+            }
+            Some(item) => match self.table(item, anchor.clone(), &pools_path) {
+                None => pools_ok = false,
+                Some(pt) => {
+                    if pt.is_empty() {
+                        self.error(
+                            item.span().or(anchor.clone()),
+                            &pools_path,
+                            "a service needs at least one pool",
+                        );
+                        pools_ok = false;
+                    }
+                    for (pool_name, pool_item) in pt.iter() {
+                        let pool_path = join(&pools_path, pool_name);
+                        let key_span = pt.key(pool_name).and_then(|k| k.span());
+                        match self.pool(pool_name, pool_item, key_span.clone(), &pool_path) {
+                            Some(pool) => {
+                                pools.insert(
+                                    pool_name.to_string(),
+                                    (pool, pool_item.span().or(key_span)),
+                                );
+                            }
+                            None => pools_ok = false,
+                        }
+                    }
+                }
+            },
+        }
+
+        let split_ok = self.split(table, anchor, path, &mut pools, pools_ok);
+        if !(pools_ok && split_ok) {
+            return None;
+        }
+        Some(Service {
+            name: name.to_string(),
+            pools: pools.into_values().map(|(pool, _)| pool).collect(),
+            connect_timeout: connect_timeout?,
+        })
+    }
+
+    /// Applies `split` to `pools`; returns whether it was valid.
+    fn split(
+        &mut self,
+        service: &dyn TableLike,
+        anchor: Option<Range<usize>>,
+        path: &str,
+        pools: &mut BTreeMap<String, (Pool, Option<Range<usize>>)>,
+        pools_ok: bool,
+    ) -> bool {
+        let split_path = join(path, "split");
+        let Some(item) = service.get("split") else {
+            if pools.len() == 1 {
+                for (pool, _) in pools.values_mut() {
+                    pool.share = 1;
+                }
+                return true;
+            }
+            if pools.len() > 1 {
+                self.error(
+                    anchor,
+                    &split_path,
+                    "missing key; a service with more than one pool needs a split, \
+                     e.g. `split = { blue = 90, green = 10 }`",
+                );
+            }
+            return false;
+        };
+        let Some(table) = self.table(item, None, &split_path) else {
+            return false;
+        };
+        let mut ok = true;
+        let mut total = 0;
+        for (pool_name, share_item) in table.iter() {
+            let key = join(&split_path, pool_name);
+            let share = self.integer(share_item, &key, 0..MAX_SHARE + 1);
+            match (share, pools.get_mut(pool_name)) {
+                (Some(share), Some((pool, _))) => {
+                    let share = u32::try_from(share).unwrap_or(0);
+                    pool.share = share;
+                    total += u64::from(share);
+                }
+                (_, None) => {
+                    // With broken pools, an unknown name may be a symptom.
+                    if pools_ok {
+                        let known = pools
+                            .keys()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let span = table.key(pool_name).and_then(|k| k.span());
+                        self.error(
+                            span,
+                            &key,
+                            format!("unknown pool; this service has {known}"),
+                        );
+                    }
+                    ok = false;
+                }
+                (None, Some(_)) => ok = false,
+            }
+        }
+        if ok && total == 0 {
+            self.error(
+                item.span(),
+                &split_path,
+                "every share is zero; at least one pool must get traffic",
+            );
+            ok = false;
+        }
+        if ok {
+            for (name, (pool, span)) in pools.iter() {
+                if pool.share > 0 && pool.backends.is_empty() {
+                    self.error(
+                        span.clone(),
+                        &join(&join(path, "pools"), name),
+                        format!(
+                            "pool has a share of {} in `split` but no backends",
+                            pool.share
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    fn pool(
+        &mut self,
+        name: &str,
+        item: &Item,
+        span: Option<Range<usize>>,
+        path: &str,
+    ) -> Option<Pool> {
+        let table = self.table(item, span.clone(), path)?;
+        self.known_keys(table, path, &["backends"]);
+        let key = join(path, "backends");
+        let Some(backends_item) = table.get("backends") else {
+            self.error(
+                item.span().or(span),
+                &key,
+                "missing key; list the pool's backends, e.g. `backends = [\"127.0.0.1:9001\"]` \
+                 (an empty list is allowed for an idle pool)",
+            );
+            return None;
+        };
+        let Some(array) = backends_item.as_array() else {
+            self.error(
+                backends_item.span(),
+                &key,
+                format!(
+                    "expected an array of \"IP:PORT\" strings, found {}",
+                    backends_item.type_name()
+                ),
+            );
+            return None;
+        };
+        let mut ok = true;
+        let mut backends: Vec<SocketAddr> = Vec::with_capacity(array.len());
+        for (i, value) in array.iter().enumerate() {
+            let elem_key = format!("{key}[{i}]");
+            let item = Item::Value(value.clone());
+            let Some(addr) = self.socket_addr_value(value, &item, &elem_key) else {
+                ok = false;
+                continue;
+            };
+            if backends.contains(&addr) {
+                self.error(value.span(), &elem_key, format!("duplicate backend {addr}"));
+                ok = false;
+                continue;
+            }
+            backends.push(addr);
+        }
+        ok.then(|| Pool {
+            name: name.to_string(),
+            share: 0,
+            backends,
+        })
+    }
+
+    /// `socket_addr` for an array element, whose span lives on the value.
+    fn socket_addr_value(&mut self, value: &Value, item: &Item, path: &str) -> Option<SocketAddr> {
+        let before = self.diags.len();
+        let addr = self.socket_addr(item, path);
+        // A cloned value loses its span; point the new problems at the original.
+        for d in &mut self.diags[before..] {
+            let (line, column) = position(&self.line_starts, self.text, value.span());
+            d.line = line;
+            d.column = column;
+        }
+        addr
+    }
+
+    fn routes(&mut self, root: &dyn TableLike, services: &BTreeMap<String, Service>) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let Some(item) = root.get("routes") else {
+            return routes;
+        };
+        let entries: Vec<(&dyn TableLike, Option<Range<usize>>)> = match item {
+            Item::ArrayOfTables(aot) => aot
+                .iter()
+                .map(|t| (t as &dyn TableLike, t.span()))
+                .collect(),
+            Item::Value(Value::Array(array)) => {
+                let mut entries = Vec::new();
+                for (i, v) in array.iter().enumerate() {
+                    match v.as_inline_table() {
+                        Some(t) => entries.push((t as &dyn TableLike, v.span())),
+                        None => self.error(
+                            v.span(),
+                            &format!("routes[{i}]"),
+                            format!("expected a table, found {}", v.type_name()),
+                        ),
+                    }
+                }
+                entries
+            }
+            other => {
+                self.error(
+                    other.span().or_else(|| root.key("routes").and_then(|k| k.span())),
+                    "routes",
+                    format!(
+                        "expected an array of tables (`[[routes]]`), found {}",
+                        other.type_name()
+                    ),
+                );
+                return routes;
+            }
+        };
+        let mut seen: HashMap<(HostMatch, String), usize> = HashMap::new();
+        for (i, (table, span)) in entries.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let anchor = span.or_else(|| first_key_span(table));
+            self.known_keys(table, &path, &["host", "path", "service"]);
+            let host = match table.get("host") {
+                None => Some(HostMatch::Any),
+                Some(v) => {
+                    let key = format!("{path}.host");
+                    self.string(v, &key).and_then(|raw| match host_match(raw) {
+                        Ok(h) => Some(h),
+                        Err(msg) => {
+                            self.error(v.span(), &key, msg);
+                            None
+                        }
+                    })
+                }
+            };
+            let route_path = match table.get("path") {
+                None => Some("/".to_string()),
+                Some(v) => {
+                    let key = format!("{path}.path");
+                    self.string(v, &key).and_then(|raw| match check_path(raw) {
+                        Ok(()) => Some(raw.to_string()),
+                        Err(msg) => {
+                            self.error(v.span(), &key, msg);
+                            None
+                        }
+                    })
+                }
+            };
+            let service = match table.get("service") {
+                None => {
+                    self.error(
+                        anchor.clone(),
+                        &format!("{path}.service"),
+                        "missing key; a route must name the service it sends traffic to",
+                    );
+                    None
+                }
+                Some(v) => {
+                    let key = format!("{path}.service");
+                    match self.string(v, &key) {
+                        Some(name) if services.contains_key(name) => Some(name.to_string()),
+                        Some(name) => {
+                            // A service that failed validation was already reported.
+                            let declared = root
+                                .get("services")
+                                .and_then(|s| s.as_table_like())
+                                .is_some_and(|s| s.contains_key(name));
+                            if !declared {
+                                self.error(
+                                    v.span(),
+                                    &key,
+                                    format!("unknown service {name:?}; declare it as [services.{name}]"),
+                                );
+                            }
+                            None
+                        }
+                        None => None,
+                    }
+                }
+            };
+            let (Some(host), Some(route_path), Some(service)) = (host, route_path, service) else {
+                continue;
+            };
+            let identity = (host.clone(), route_path.clone());
+            if let Some(first) = seen.get(&identity) {
+                self.error(
+                    anchor,
+                    &path,
+                    format!("same host and path as routes[{first}]; each host and path may be routed once"),
+                );
+                continue;
+            }
+            seen.insert(identity, i);
+            routes.push(Route {
+                host,
+                path: route_path,
+                service,
+            });
+        }
+        routes
+    }
+}
+
+fn position(line_starts: &[usize], text: &str, span: Option<Range<usize>>) -> (usize, usize) {
+    let offset = span.map_or(0, |s| s.start.min(text.len()));
+    let line_index = match line_starts.binary_search(&offset) {
+        Ok(i) => i,
+        Err(i) => i - 1,
+    };
+    let start = line_starts[line_index];
+    let column = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+    (line_index + 1, column)
+}
+
+fn first_key_span(table: &dyn TableLike) -> Option<Range<usize>> {
+    let (first, _) = table.iter().next()?;
+    table.key(first).and_then(|k| k.span())
+}
+
+/// `path.key`, quoting keys that are not bare TOML keys.
+fn join(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Parses a route's `host`: a DNS name or `*.` + a DNS name.
+pub(crate) fn host_match(raw: &str) -> Result<HostMatch, String> {
+    let lower = raw.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    if name.contains(':') {
+        return Err(format!(
+            "invalid host {raw:?}: leave out the port; a route matches the host on every listener"
+        ));
+    }
+    if let Some(rest) = name.strip_prefix("*.") {
+        check_dns_name(rest).map_err(|why| format!("invalid host {raw:?}: {why}"))?;
+        return Ok(HostMatch::Wildcard(rest.to_string()));
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "invalid host {raw:?}: a wildcard must be the whole first label, as in \"*.example.com\""
+        ));
+    }
+    check_dns_name(name).map_err(|why| format!("invalid host {raw:?}: {why}"))?;
+    Ok(HostMatch::Exact(name.to_string()))
+}
+
+fn check_dns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("each dot-separated label must have 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("only letters, digits, '-' and '_' are allowed in a label");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label must not start or end with '-'");
+        }
+    }
+    Ok(())
+}
+
+fn check_path(raw: &str) -> Result<(), String> {
+    if !raw.starts_with('/') {
+        return Err(format!("invalid path {raw:?}: must start with '/'"));
+    }
+    if raw
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "invalid path {raw:?}: no spaces, control characters, '?' or '#' (a path prefix only)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    const VALID: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[[routes]]
+host = "Shop.Example.com"
+path = "/"
+service = "shop"
+
+[[routes]]
+host = "*.example.com"
+service = "shop"
+
+[services.shop]
+split = { blue = 90, green = 10 }
+
+[services.shop.pools.blue]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+[services.shop.pools.green]
+backends = ["127.0.0.1:9003"]
+"#;
+
+    #[test]
+    fn valid_file_builds_the_model() {
+        let config = parse(VALID, "t.toml").expect("valid");
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(
+            config.routes[0].host,
+            HostMatch::Exact("shop.example.com".into())
+        );
+        assert_eq!(
+            config.routes[1].host,
+            HostMatch::Wildcard("example.com".into())
+        );
+        let shop = config.service("shop").expect("shop");
+        let shares: Vec<_> = shop.pools.iter().map(|p| (p.name.as_str(), p.share)).collect();
+        assert_eq!(shares, vec![("blue", 90), ("green", 10)]);
+        assert_eq!(config.server.grace_period, DEFAULT_GRACE_PERIOD);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_key() {
+        let text = r#"
+[listen]
+http = "localhost"
+colour = "red"
+
+[[routes]]
+service = "nope"
+
+[services.shop]
+split = { blue = 0, red = 5 }
+
+[services.shop.pools.blue]
+backends = ["127.0.0.1:1", "127.0.0.1:1"]
+wat = 1
+"#;
+        let errs = errors(text);
+        assert_eq!(
+            errs,
+            vec![
+                "t.toml:4:1: listen.colour: unknown key; expected one of `http`",
+                "t.toml:3:8: listen.http: invalid address \"localhost\"; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`",
+                "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
+                "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
+            ]
+        );
+    }
+
+    #[test]
+    fn split_cross_checks() {
+        let base = |split: &str, green: &str| {
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[services.s]\nsplit = {split}\n\
+                 [services.s.pools.blue]\nbackends = [\"127.0.0.1:2\"]\n\
+                 [services.s.pools.green]\nbackends = {green}\n"
+            )
+        };
+        assert_eq!(
+            errors(&base("{ blue = 0, green = 0 }", "[\"127.0.0.1:3\"]")),
+            vec!["t.toml:4:9: services.s.split: every share is zero; at least one pool must get traffic"]
+        );
+        assert_eq!(
+            errors(&base("{ blue = 1, green = 1 }", "[]")),
+            vec!["t.toml:7:1: services.s.pools.green: pool has a share of 1 in `split` but no backends"]
+        );
+        assert_eq!(
+            errors(&base("{ blue = 1, purple = 1 }", "[]")),
+            vec!["t.toml:4:21: services.s.split.purple: unknown pool; this service has `blue`, `green`"]
+        );
+        assert_eq!(
+            errors(&base("{ blue = -1 }", "[]")),
+            vec!["t.toml:4:18: services.s.split.blue: -1 is out of range; expected 0 to 1000000"]
+        );
+        // A pool with no share and no backends is an idle pool: valid.
+        assert!(errors(&base("{ blue = 1 }", "[]")).is_empty());
+    }
+
+    #[test]
+    fn duplicate_routes_and_bad_hosts() {
+        let text = r#"[listen]
+http = "127.0.0.1:1"
+[[routes]]
+host = "a.example.com"
+service = "s"
+[[routes]]
+host = "A.example.com"
+path = "/"
+service = "s"
+[[routes]]
+host = "a.*.com"
+service = "s"
+[[routes]]
+path = "api"
+service = "s"
+[services.s.pools.p]
+backends = ["127.0.0.1:2"]
+"#;
+        assert_eq!(
+            errors(text),
+            vec![
+                "t.toml:6:1: routes[1]: same host and path as routes[0]; each host and path may be routed once",
+                "t.toml:11:8: routes[2].host: invalid host \"a.*.com\": a wildcard must be the whole first label, as in \"*.example.com\"",
+                "t.toml:14:8: routes[3].path: invalid path \"api\": must start with '/'",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let errs = errors("[listen]\nhttp = \"127.0.0.1:1\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("t.toml:2:"), "{errs:?}");
+        assert!(errs[0].contains("invalid TOML"), "{errs:?}");
+    }
+
+    #[test]
+    fn split_required_with_two_pools() {
+        let text = "[listen]\nhttp = \"127.0.0.1:1\"\n[services.s.pools.a]\nbackends = [\"127.0.0.1:2\"]\n[services.s.pools.b]\nbackends = [\"127.0.0.1:3\"]\n";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("services.s.split: missing key"), "{errs:?}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Header rewriting: hop-by-hop stripping, forwarded headers, request host.
+
+use std::borrow::Cow;
+
+use http::header::{HeaderName, CONNECTION, HOST, UPGRADE};
+use http::HeaderMap;
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) that a proxy never forwards.
+/// `Transfer-Encoding` is not here: the framework re-frames bodies itself.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers a `Connection` token may never remove: they frame the message or
+/// route it, and dropping them would desynchronise or misroute the upstream.
+const PROTECTED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
+/// Names of the headers to remove before forwarding a message with
+/// `headers`: the fixed hop-by-hop set, `Upgrade` unless `upgrade` is kept,
+/// and every header named in `Connection`.
+pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            let token = token.trim();
+            if token.is_empty() || PROTECTED.iter().any(|p| token.eq_ignore_ascii_case(p)) {
+                continue;
+            }
+            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                if headers.contains_key(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    for name in HOP_BY_HOP {
+        if headers.contains_key(name) {
+            names.push(HeaderName::from_static(name));
+        }
+    }
+    if !keep_upgrade && headers.contains_key(UPGRADE) {
+        names.push(UPGRADE);
+    }
+    names
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket and the like),
+/// which must keep its `Upgrade` header and `Connection: upgrade`.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// The value of `X-Forwarded-For` to send upstream: what the client sent
+/// (every such header, in order) with `client` appended.
+pub fn forwarded_for(headers: &HeaderMap, client: &str) -> String {
+    let mut value = String::with_capacity(client.len() + 16);
+    for prior in headers.get_all("x-forwarded-for") {
+        if let Ok(prior) = prior.to_str() {
+            let prior = prior.trim();
+            if !prior.is_empty() {
+                value.push_str(prior);
+                value.push_str(", ");
+            }
+        }
+    }
+    value.push_str(client);
+    value
+}
+
+/// The host a request is for, from the request target's authority (absolute
+/// form, HTTP/2 `:authority`) or else the `Host` header: lower case, without
+/// port or trailing dot. Empty when the request names no host.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, str> {
+    let raw = match uri.host() {
+        Some(h) => h,
+        None => headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(strip_port)
+            .unwrap_or(""),
+    };
+    let raw = raw.strip_suffix('.').unwrap_or(raw);
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let h = map(&[
+            ("connection", "keep-alive, X-Secret, host"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("host", "a"),
+            ("x-kept", "1"),
+        ]);
+        let mut names: Vec<String> = hop_by_hop_names(&h, false)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names,
+            vec!["connection", "keep-alive", "te", "upgrade", "x-secret"]
+        );
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade() {
+        let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&h));
+        let names = hop_by_hop_names(&h, true);
+        assert!(!names.contains(&UPGRADE));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        assert_eq!(forwarded_for(&h, "127.0.0.1"), "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(forwarded_for(&HeaderMap::new(), "::1"), "::1");
+    }
+
+    #[test]
+    fn host_is_normalised() {
+        let uri: http::Uri = "/x".parse().expect("uri");
+        let h = map(&[("host", "Shop.Example.COM.:8080")]);
+        assert_eq!(request_host(&uri, &h), "shop.example.com");
+        let h = map(&[("host", "[::1]:8080")]);
+        assert_eq!(request_host(&uri, &h), "[::1]");
+        let abs: http::Uri = "http://Other.org/x".parse().expect("uri");
+        assert_eq!(request_host(&abs, &h), "other.org");
+    }
+}

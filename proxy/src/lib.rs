@@ -1,0 +1,17 @@
+//! Switchyard's data path: routing, pools and the pingora proxy.
+//!
+//! This is the only crate that touches pingora request types. It owns the
+//! compiled form of a config generation ([`Snapshot`]: router, services,
+//! pools) and the [`Proxy`] that serves requests from it. It must not read
+//! files, watch anything or parse configuration: the binary builds snapshots
+//! from `switchyard-config` values and publishes them through a
+//! [`SharedSnapshot`].
+//!
+//! Start reading at [`proxy`] (the request phases), then [`snapshot`].
+
+pub mod headers;
+pub mod proxy;
+pub mod snapshot;
+
+pub use proxy::{InFlight, Proxy, RequestCtx, SharedSnapshot};
+pub use snapshot::{Router, Snapshot};

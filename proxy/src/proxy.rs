@@ -1,0 +1,313 @@
+//! The pingora `ProxyHttp` implementation: the request path.
+//!
+//! Phases implemented, in the order pingora calls them:
+//!
+//! | phase | what it does here |
+//! |---|---|
+//! | `new_ctx` | pins the current [`Snapshot`] for the whole request |
+//! | `request_filter` | routes host + path to a service (404 when none), picks a pool by weight |
+//! | `upstream_peer` | next backend: round robin in the pool, then the other pools, skipping tried ones |
+//! | `fail_to_connect` | marks the backend tried; retries while an untried backend is left |
+//! | `upstream_request_filter` | strips hop-by-hop headers, sets `X-Forwarded-*` |
+//! | `response_filter` | strips hop-by-hop headers from the response |
+//! | `error_while_proxy` | retries an idempotent request on another backend when nothing reached the client yet |
+//! | `fail_to_proxy` | answers 502/503/504 with a short plain-text reason |
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::headers::{forwarded_for, hop_by_hop_names, is_upgrade_request, request_host};
+use crate::snapshot::{ServiceRt, Snapshot};
+
+/// The shared, swappable pointer to the current config generation.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// The proxy: stateless apart from the snapshot it reads per request.
+pub struct Proxy {
+    snapshot: SharedSnapshot,
+    in_flight: InFlight,
+}
+
+impl Proxy {
+    /// A proxy serving whatever `snapshot` holds at each request's start,
+    /// counting its requests in `in_flight`.
+    pub fn new(snapshot: SharedSnapshot, in_flight: InFlight) -> Self {
+        Proxy {
+            snapshot,
+            in_flight,
+        }
+    }
+}
+
+/// Number of requests being served, so shutdown can end as soon as the last
+/// one is done instead of always sleeping through the grace period.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Requests currently being served.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+/// Counts one request until dropped with its context.
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    /// Index of the routed service, once routed.
+    service: Option<u32>,
+    /// The pool currently being tried.
+    pool: u16,
+    /// The backend of the current attempt.
+    current: Option<(u16, u32)>,
+    /// Backends that failed for this request (allocates only on failure).
+    tried: Vec<(u16, u32)>,
+    _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    fn service(&self) -> Option<&ServiceRt> {
+        self.service
+            .and_then(|i| self.snapshot.services.get(i as usize))
+    }
+
+    /// Records the current backend as failed; whether another one is left.
+    fn fail_current(&mut self) -> bool {
+        if let Some(current) = self.current.take() {
+            self.tried.push(current);
+        }
+        self.service()
+            .is_some_and(|s| s.has_untried(self.pool, &self.tried))
+    }
+
+    fn service_name(&self) -> &str {
+        self.service().map_or("?", |s| s.name.as_str())
+    }
+}
+
+const NOT_FOUND: &str = "404 Not Found: no route matches this host and path\n";
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.snapshot.load_full(),
+            service: None,
+            pool: 0,
+            current: None,
+            tried: Vec::new(),
+            _in_flight: self.in_flight.enter(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(&req.uri, &req.headers);
+        let Some(service) = ctx.snapshot.router.route(&host, req.uri.path()) else {
+            let mut resp = ResponseHeader::build(404, Some(3))?;
+            resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+            resp.insert_header("content-length", NOT_FOUND.len())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session
+                .write_response_body(Some(Bytes::from_static(NOT_FOUND.as_bytes())), true)
+                .await?;
+            return Ok(true);
+        };
+        ctx.service = Some(service);
+        if let Some(s) = ctx.service() {
+            ctx.pool = s.pick_pool();
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(service) = ctx.service() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer called before routing",
+            ));
+        };
+        let Some((pool, backend)) = service.next_backend(ctx.pool, &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no backend available",
+            ));
+        };
+        let addr = service.pools[pool as usize].backends[backend as usize];
+        let timeout = service.connect_timeout;
+        ctx.pool = pool;
+        ctx.current = Some((pool, backend));
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet, so any method may go to another backend.
+        if ctx.fail_current() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let untried_left = ctx.fail_current();
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.as_ref().response_written().is_none();
+        if !replayable {
+            // A body that went out is never sent twice; a response that
+            // started reaching the client cannot be restarted.
+            e.set_retry(false);
+        } else if untried_left {
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let upgrade = is_upgrade_request(&upstream_request.headers);
+        for name in hop_by_hop_names(&upstream_request.headers, upgrade) {
+            upstream_request.remove_header(&name);
+        }
+        if upgrade {
+            upstream_request.insert_header("connection", "upgrade")?;
+        }
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let xff = forwarded_for(&upstream_request.headers, &client.ip().to_string());
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let host = upstream_request
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                upstream_request
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        if let Some(host) = host {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let switching = upstream_response.status.as_u16() == 101;
+        for name in hop_by_hop_names(&upstream_response.headers, switching) {
+            upstream_response.remove_header(&name);
+        }
+        if switching {
+            upstream_response.insert_header("connection", "upgrade")?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 {
+            let body = match code {
+                502 => format!(
+                    "502 Bad Gateway: no backend of service {:?} could be reached\n",
+                    ctx.service_name()
+                ),
+                503 => format!(
+                    "503 Service Unavailable: service {:?} has no backend available\n",
+                    ctx.service_name()
+                ),
+                504 => format!(
+                    "504 Gateway Timeout: the backend of service {:?} did not answer in time\n",
+                    ctx.service_name()
+                ),
+                _ => String::new(),
+            };
+            if let Err(write_err) = session.respond_error_with_body(code, Bytes::from(body)).await {
+                tracing::debug!(error = %write_err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// The status a failed request is answered with (0: the client is gone).
+fn status_for(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}

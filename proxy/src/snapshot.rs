@@ -1,0 +1,347 @@
+//! One config generation, compiled for the request path.
+//!
+//! A [`Snapshot`] is built from a validated [`Config`] away from the request
+//! path, then published with one `ArcSwap::store`. A request pins one
+//! snapshot for its whole life, so it never sees two generations.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ahash::RandomState;
+use switchyard_config::{Config, HostMatch};
+
+/// Everything one config generation needs on the request path.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The reload generation this snapshot was built for (1 = first load).
+    pub generation: u64,
+    /// Host and path routing table.
+    pub router: Router,
+    /// Services in the order of [`Config::services`].
+    pub services: Box<[ServiceRt]>,
+}
+
+impl Snapshot {
+    /// Compiles `config` into a snapshot tagged with `generation`.
+    pub fn build(config: &Config, generation: u64) -> Snapshot {
+        let index: HashMap<&str, u32> = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i as u32))
+            .collect();
+        let mut router = Router::default();
+        for route in &config.routes {
+            // Validation guarantees the service exists.
+            let Some(&service) = index.get(route.service.as_str()) else {
+                continue;
+            };
+            let table = match &route.host {
+                HostMatch::Any => &mut router.any,
+                HostMatch::Exact(h) => router.exact.entry(h.as_str().into()).or_default(),
+                HostMatch::Wildcard(h) => router.wildcard.entry(h.as_str().into()).or_default(),
+            };
+            table.insert(&route.path, service);
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let pools: Box<[PoolRt]> = s
+                    .pools
+                    .iter()
+                    .map(|p| PoolRt {
+                        name: p.name.clone(),
+                        share: p.share,
+                        backends: p.backends.clone().into_boxed_slice(),
+                        // A random start keeps reloads from piling the first
+                        // requests of every generation onto backend 0.
+                        next: AtomicUsize::new(rand::random::<u16>() as usize),
+                    })
+                    .collect();
+                let mut by_share: Vec<u16> = (0..pools.len() as u16)
+                    .filter(|&i| pools[i as usize].share > 0)
+                    .collect();
+                by_share.sort_by_key(|&i| std::cmp::Reverse(pools[i as usize].share));
+                ServiceRt {
+                    name: s.name.clone(),
+                    total_share: pools.iter().map(|p| p.share).sum(),
+                    pools,
+                    fallback: by_share.into_boxed_slice(),
+                    connect_timeout: s.connect_timeout,
+                }
+            })
+            .collect();
+        Snapshot {
+            generation,
+            router,
+            services,
+        }
+    }
+}
+
+/// Host (exact, then wildcard, then any) and longest path prefix to service.
+///
+/// Host lookups are hash lookups, so the cost of a request does not grow with
+/// the number of hosts; only the routes of the matching host are scanned.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<Box<str>, PathTable, RandomState>,
+    wildcard: HashMap<Box<str>, PathTable, RandomState>,
+    any: PathTable,
+}
+
+impl Router {
+    /// The service index for `host` (lower case, no port) and `path`.
+    ///
+    /// The most specific host that has a route for the path wins; within a
+    /// host, the longest matching prefix wins.
+    pub fn route(&self, host: &str, path: &str) -> Option<u32> {
+        if let Some(service) = self.exact.get(host).and_then(|t| t.lookup(path)) {
+            return Some(service);
+        }
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if let Some(service) = self.wildcard.get(rest).and_then(|t| t.lookup(path)) {
+                    return Some(service);
+                }
+            }
+        }
+        self.any.lookup(path)
+    }
+}
+
+/// The path prefixes of one host, longest first.
+#[derive(Debug, Default)]
+struct PathTable {
+    entries: Vec<(Box<str>, u32)>,
+}
+
+impl PathTable {
+    fn insert(&mut self, prefix: &str, service: u32) {
+        let at = self
+            .entries
+            .partition_point(|(p, _)| p.len() >= prefix.len());
+        self.entries.insert(at, (prefix.into(), service));
+    }
+
+    fn lookup(&self, path: &str) -> Option<u32> {
+        self.entries
+            .iter()
+            .find(|(prefix, _)| prefix_matches(prefix, path))
+            .map(|&(_, service)| service)
+    }
+}
+
+/// Whole-segment prefix match: `/api` matches `/api` and `/api/x`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// A service as the request path sees it.
+#[derive(Debug)]
+pub struct ServiceRt {
+    /// The service's name.
+    pub name: String,
+    /// Pools in name order (the order of the config model).
+    pub pools: Box<[PoolRt]>,
+    /// Sum of the pools' shares; never zero.
+    pub total_share: u32,
+    /// Pools with a non-zero share, largest share first: the order in which
+    /// other pools are tried when the picked one has no reachable backend.
+    pub fallback: Box<[u16]>,
+    /// Budget for one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl ServiceRt {
+    /// The pool whose share covers `ticket`, a number in `0..total_share`.
+    pub fn pool_for(&self, ticket: u32) -> u16 {
+        let mut left = ticket;
+        for (i, pool) in self.pools.iter().enumerate() {
+            if left < pool.share {
+                return i as u16;
+            }
+            left -= pool.share;
+        }
+        // Only reachable with a ticket out of range: use the largest pool.
+        self.fallback.first().copied().unwrap_or(0)
+    }
+
+    /// A weighted random pool.
+    pub fn pick_pool(&self) -> u16 {
+        use rand::RngExt;
+        let ticket = rand::rng().random_range(0..self.total_share.max(1));
+        self.pool_for(ticket)
+    }
+
+    /// The next backend to try: the chosen pool first (round robin), then
+    /// the other pools that get traffic; never one in `tried`.
+    pub fn next_backend(&self, pool: u16, tried: &[(u16, u32)]) -> Option<(u16, u32)> {
+        if let Some(b) = self.next_in_pool(pool, tried) {
+            return Some((pool, b));
+        }
+        self.fallback
+            .iter()
+            .filter(|&&p| p != pool)
+            .find_map(|&p| self.next_in_pool(p, tried).map(|b| (p, b)))
+    }
+
+    fn next_in_pool(&self, pool: u16, tried: &[(u16, u32)]) -> Option<u32> {
+        let p = self.pools.get(pool as usize)?;
+        let n = p.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = p.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| ((start + k) % n) as u32)
+            .find(|&b| !tried.contains(&(pool, b)))
+    }
+
+    /// Whether any backend that could take this request is not in `tried`.
+    pub fn has_untried(&self, pool: u16, tried: &[(u16, u32)]) -> bool {
+        std::iter::once(pool)
+            .chain(self.fallback.iter().copied())
+            .any(|p| {
+                self.pools.get(p as usize).is_some_and(|pool_rt| {
+                    (0..pool_rt.backends.len() as u32).any(|b| !tried.contains(&(p, b)))
+                })
+            })
+    }
+}
+
+/// A pool as the request path sees it.
+#[derive(Debug)]
+pub struct PoolRt {
+    /// The pool's name.
+    pub name: String,
+    /// Relative share of the service's traffic.
+    pub share: u32,
+    /// Backend addresses.
+    pub backends: Box<[SocketAddr]>,
+    next: AtomicUsize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let config = Config::parse(text, "t.toml").expect("valid config");
+        Snapshot::build(&config, 1)
+    }
+
+    const ROUTES: &str = r#"
+[listen]
+http = "127.0.0.1:1"
+[[routes]]
+host = "shop.example.com"
+path = "/api"
+service = "api"
+[[routes]]
+host = "shop.example.com"
+service = "shop"
+[[routes]]
+host = "*.example.com"
+service = "wild"
+[[routes]]
+host = "*.deep.example.com"
+path = "/x"
+service = "deep"
+[[routes]]
+path = "/"
+service = "fallback"
+[services.api.pools.p]
+backends = ["127.0.0.1:2"]
+[services.shop.pools.p]
+backends = ["127.0.0.1:3"]
+[services.wild.pools.p]
+backends = ["127.0.0.1:4"]
+[services.deep.pools.p]
+backends = ["127.0.0.1:5"]
+[services.fallback.pools.p]
+backends = ["127.0.0.1:6"]
+"#;
+
+    fn route<'a>(s: &'a Snapshot, host: &str, path: &str) -> Option<&'a str> {
+        s.router
+            .route(host, path)
+            .map(|i| s.services[i as usize].name.as_str())
+    }
+
+    #[test]
+    fn host_then_longest_prefix() {
+        let s = snapshot(ROUTES);
+        assert_eq!(route(&s, "shop.example.com", "/api/v1"), Some("api"));
+        assert_eq!(route(&s, "shop.example.com", "/api"), Some("api"));
+        assert_eq!(route(&s, "shop.example.com", "/apiary"), Some("shop"));
+        assert_eq!(route(&s, "a.example.com", "/"), Some("wild"));
+        assert_eq!(route(&s, "a.b.example.com", "/"), Some("wild"));
+        assert_eq!(route(&s, "a.deep.example.com", "/x/y"), Some("deep"));
+        assert_eq!(route(&s, "a.deep.example.com", "/y"), Some("wild"));
+        assert_eq!(route(&s, "example.com", "/"), Some("fallback"));
+        assert_eq!(route(&s, "other.org", "/z"), Some("fallback"));
+    }
+
+    #[test]
+    fn no_route_without_catch_all() {
+        let s = snapshot(
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[[routes]]\nhost = \"a.com\"\npath = \"/a\"\nservice = \"s\"\n\
+             [services.s.pools.p]\nbackends = [\"127.0.0.1:2\"]\n",
+        );
+        assert_eq!(route(&s, "a.com", "/b"), None);
+        assert_eq!(route(&s, "b.com", "/a"), None);
+    }
+
+    const SPLIT: &str = r#"
+[listen]
+http = "127.0.0.1:1"
+[services.s]
+split = { blue = 90, green = 10, idle = 0 }
+[services.s.pools.blue]
+backends = ["127.0.0.1:2", "127.0.0.1:3"]
+[services.s.pools.green]
+backends = ["127.0.0.1:4"]
+[services.s.pools.idle]
+backends = ["127.0.0.1:5"]
+"#;
+
+    #[test]
+    fn tickets_follow_shares() {
+        let s = snapshot(SPLIT);
+        let svc = &s.services[0];
+        let names: Vec<&str> = (0..100)
+            .map(|t| svc.pools[svc.pool_for(t) as usize].name.as_str())
+            .collect();
+        assert_eq!(names.iter().filter(|n| **n == "blue").count(), 90);
+        assert_eq!(names.iter().filter(|n| **n == "green").count(), 10);
+        assert!(!names.contains(&"idle"));
+    }
+
+    #[test]
+    fn retries_walk_the_pool_then_other_pools_never_idle_ones() {
+        let s = snapshot(SPLIT);
+        let svc = &s.services[0];
+        let blue = 0u16;
+        let mut tried = Vec::new();
+        while let Some(next) = svc.next_backend(blue, &tried) {
+            assert!(!tried.contains(&next));
+            tried.push(next);
+        }
+        let addrs: Vec<String> = tried
+            .iter()
+            .map(|&(p, b)| svc.pools[p as usize].backends[b as usize].to_string())
+            .collect();
+        assert_eq!(addrs.len(), 3, "{addrs:?}");
+        assert_eq!(addrs[2], "127.0.0.1:4", "green comes after both blue backends");
+        assert!(!svc.has_untried(blue, &tried));
+    }
+}
