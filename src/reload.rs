@@ -90,7 +90,9 @@ impl Reloader {
             }
         };
         if state.last_text.as_deref() == Some(text.as_str()) {
-            tracing::debug!(%file, %trigger, "config file unchanged");
+            if trigger == "SIGHUP" {
+                tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+            }
             return Outcome::Unchanged;
         }
         state.last_text = Some(text.clone());
@@ -131,17 +133,18 @@ impl Reloader {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
-                None
-            }
-        };
+        let mut watcher =
+            match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
+                    None
+                }
+            };
         if let Some(w) = watcher.as_mut() {
             if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");

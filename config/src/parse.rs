@@ -38,6 +38,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
     let server = w.server(root);
     let services = w.services(root);
     let routes = w.routes(root, &services);
+    w.diags.sort_by_key(|d| (d.line, d.column));
     match (listen, server) {
         (Some(listen), Some(server)) if w.diags.is_empty() => Ok(Config {
             listen,
@@ -93,16 +94,18 @@ impl<'a> Walk<'a> {
         for (key, _) in table.iter() {
             if !allowed.contains(&key) {
                 let span = table.key(key).and_then(|k| k.span());
-                let expected = allowed
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.error(
-                    span,
-                    &join(path, key),
-                    format!("unknown key; expected one of {expected}"),
-                );
+                let message = match allowed.iter().find(|k| edit_distance(k, key) <= 2) {
+                    Some(near) => format!("unknown key; did you mean `{near}`?"),
+                    None => format!(
+                        "unknown key; expected one of {}",
+                        allowed
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                self.error(span, &join(path, key), message);
             }
         }
     }
@@ -168,7 +171,9 @@ impl<'a> Walk<'a> {
                 self.error(
                     item.span(),
                     path,
-                    format!("invalid duration {raw:?} ({e}); write it like \"500ms\", \"2s\" or \"1m\""),
+                    format!(
+                        "invalid duration {raw:?} ({e}); write it like \"500ms\", \"2s\" or \"1m\""
+                    ),
                 );
                 None
             }
@@ -511,7 +516,9 @@ impl<'a> Walk<'a> {
             }
             other => {
                 self.error(
-                    other.span().or_else(|| root.key("routes").and_then(|k| k.span())),
+                    other
+                        .span()
+                        .or_else(|| root.key("routes").and_then(|k| k.span())),
                     "routes",
                     format!(
                         "expected an array of tables (`[[routes]]`), found {}",
@@ -575,7 +582,9 @@ impl<'a> Walk<'a> {
                                 self.error(
                                     v.span(),
                                     &key,
-                                    format!("unknown service {name:?}; declare it as [services.{name}]"),
+                                    format!(
+                                        "unknown service {name:?}; declare it as [services.{name}]"
+                                    ),
                                 );
                             }
                             None
@@ -618,6 +627,26 @@ fn position(line_starts: &[usize], text: &str, span: Option<Range<usize>>) -> (u
     (line_index + 1, column)
 }
 
+/// Levenshtein distance, for "did you mean" hints on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn first_key_span(table: &dyn TableLike) -> Option<Range<usize>> {
     let (first, _) = table.iter().next()?;
     table.key(first).and_then(|k| k.span())
@@ -650,7 +679,7 @@ pub(crate) fn host_match(raw: &str) -> Result<HostMatch, String> {
             "invalid host {raw:?}: leave out the port; a route matches the host on every listener"
         ));
     }
-    if let Some(rest) = name.strip_prefix("*.") {
+    if let Some(rest) = name.strip_prefix("*.").filter(|rest| !rest.contains('*')) {
         check_dns_name(rest).map_err(|why| format!("invalid host {raw:?}: {why}"))?;
         return Ok(HostMatch::Wildcard(rest.to_string()));
     }
@@ -749,7 +778,11 @@ backends = ["127.0.0.1:9003"]
             HostMatch::Wildcard("example.com".into())
         );
         let shop = config.service("shop").expect("shop");
-        let shares: Vec<_> = shop.pools.iter().map(|p| (p.name.as_str(), p.share)).collect();
+        let shares: Vec<_> = shop
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.share))
+            .collect();
         assert_eq!(shares, vec![("blue", 90), ("green", 10)]);
         assert_eq!(config.server.grace_period, DEFAULT_GRACE_PERIOD);
     }
@@ -775,11 +808,11 @@ wat = 1
         assert_eq!(
             errs,
             vec![
-                "t.toml:4:1: listen.colour: unknown key; expected one of `http`",
                 "t.toml:3:8: listen.http: invalid address \"localhost\"; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`",
-                "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
+                "t.toml:4:1: listen.colour: unknown key; expected one of `http`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
+                "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
+                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`",
             ]
         );
     }
@@ -856,6 +889,9 @@ backends = ["127.0.0.1:2"]
         let text = "[listen]\nhttp = \"127.0.0.1:1\"\n[services.s.pools.a]\nbackends = [\"127.0.0.1:2\"]\n[services.s.pools.b]\nbackends = [\"127.0.0.1:3\"]\n";
         let errs = errors(text);
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("services.s.split: missing key"), "{errs:?}");
+        assert!(
+            errs[0].contains("services.s.split: missing key"),
+            "{errs:?}"
+        );
     }
 }

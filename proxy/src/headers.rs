@@ -59,8 +59,10 @@ pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderNa
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
         && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
@@ -164,8 +166,14 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
-        assert_eq!(forwarded_for(&h, "127.0.0.1"), "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        let h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        assert_eq!(
+            forwarded_for(&h, "127.0.0.1"),
+            "1.1.1.1, 2.2.2.2, 127.0.0.1"
+        );
         assert_eq!(forwarded_for(&HeaderMap::new(), "::1"), "::1");
     }
 

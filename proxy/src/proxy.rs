@@ -283,7 +283,10 @@ impl ProxyHttp for Proxy {
                 ),
                 _ => String::new(),
             };
-            if let Err(write_err) = session.respond_error_with_body(code, Bytes::from(body)).await {
+            if let Err(write_err) = session
+                .respond_error_with_body(code, Bytes::from(body))
+                .await
+            {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }

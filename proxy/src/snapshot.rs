@@ -341,7 +341,10 @@ backends = ["127.0.0.1:5"]
             .map(|&(p, b)| svc.pools[p as usize].backends[b as usize].to_string())
             .collect();
         assert_eq!(addrs.len(), 3, "{addrs:?}");
-        assert_eq!(addrs[2], "127.0.0.1:4", "green comes after both blue backends");
+        assert_eq!(
+            addrs[2], "127.0.0.1:4",
+            "green comes after both blue backends"
+        );
         assert!(!svc.has_untried(blue, &tried));
     }
 }

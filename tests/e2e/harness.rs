@@ -1,0 +1,464 @@
+//! The end-to-end harness: the real `switchyard` binary, real HTTP upstreams
+//! on loopback, a real HTTP client. Every process and task started here is
+//! stopped when its handle is dropped.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::fs::File;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port no other test in this run was given.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed = HANDED_OUT.get_or_init(Default::default);
+    for _ in 0..100 {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if handed.lock().expect("port registry").insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port found");
+}
+
+/// A request as an upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Request path and query.
+    pub target: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP/1.1 server on loopback that answers with its own name.
+///
+/// - `/slow?ms=N` waits N milliseconds before answering;
+/// - `/hop` answers with hop-by-hop headers the proxy must strip.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it answers with.
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Upstream {
+    /// Starts an upstream on an ephemeral loopback port.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let up = Upstream {
+            addr,
+            name: name.to_string(),
+            hits: Default::default(),
+            connections: Default::default(),
+            seen: Default::default(),
+            tasks: Default::default(),
+        };
+        let (name, hits, connections, seen, tasks) = (
+            up.name.clone(),
+            up.hits.clone(),
+            up.connections.clone(),
+            up.seen.clone(),
+            up.tasks.clone(),
+        );
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
+                let conn = tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+                tasks.lock().expect("tasks").push(conn.abort_handle());
+            }
+        });
+        up.tasks.lock().expect("tasks").push(accept.abort_handle());
+        up
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+
+    /// Kills the server: the port closes and open connections are cut.
+    pub fn kill(&self) {
+        for task in self.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    name: &str,
+    hits: &AtomicUsize,
+    seen: &Mutex<Vec<Seen>>,
+) -> Response<Full<Bytes>> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    seen.lock().expect("seen").push(Seen {
+        target: target.clone(),
+        headers: req.headers().clone(),
+    });
+    if req.uri().path() == "/slow" {
+        let ms = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // Drain the request body before answering.
+    let _ = req.into_body().collect().await;
+    hits.fetch_add(1, Ordering::SeqCst);
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+    let h = resp.headers_mut();
+    h.insert("x-upstream", HeaderValue::from_str(name).expect("name"));
+    if target == "/hop" {
+        h.insert("connection", HeaderValue::from_static("x-up-private"));
+        h.insert("x-up-private", HeaderValue::from_static("secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+    }
+    resp
+}
+
+/// A running `switchyard run` process with its own config directory.
+pub struct Proxy {
+    /// The plain HTTP listener.
+    pub addr: SocketAddr,
+    /// The config file it runs.
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    header: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts the proxy with `body` (everything but `[listen]` and
+    /// `[server]`) and waits until it accepts connections.
+    pub async fn start(body: &str) -> Proxy {
+        Self::start_with_server(body, "grace_period = \"5s\"\n").await
+    }
+
+    /// Like [`Proxy::start`], with the `[server]` table's contents.
+    pub async fn start_with_server(body: &str, server: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let header = format!("[listen]\nhttp = \"{addr}\"\n\n[server]\n{server}\n");
+        let config_path = dir.path().join("switchyard.toml");
+        std::fs::write(&config_path, format!("{header}{body}")).expect("write config");
+        let log_path = dir.path().join("switchyard.log");
+        let log = File::create(&log_path).expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start switchyard");
+        let mut proxy = Proxy {
+            addr,
+            config_path,
+            log_path,
+            child: Some(child),
+            header,
+            _dir: dir,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.try_wait() {
+                panic!("switchyard exited early ({status}):\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchyard not ready:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log line {needle:?} never came:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The full config text for `body`, with this proxy's listener.
+    pub fn config_text(&self, body: &str) -> String {
+        format!("{}{}", self.header, body)
+    }
+
+    /// Rewrites the config file in place (same inode).
+    pub fn write_in_place(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&self.config_path)
+            .expect("open config");
+        f.write_all(text.as_bytes()).expect("write config");
+    }
+
+    /// Replaces the config file by writing a temporary file and renaming it.
+    pub fn replace_atomically(&self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).expect("write temp config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    /// Sends `signal` (for example `"HUP"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        send_signal(pid, signal);
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not exit within {within:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- switchyard log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// Sends a signal by name with the system's `kill`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Empty<Bytes>>,
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Client {
+    /// A client with a connection pool.
+    pub fn new() -> Client {
+        Client {
+            inner: HyperClient::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(64)
+                .build_http(),
+        }
+    }
+
+    /// GET `url` with `host` as the Host header (if any).
+    pub async fn get(&self, url: &str, host: Option<&str>) -> Result<Reply, String> {
+        let mut req = Request::get(url);
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// Sends `count` GETs to `url` over `concurrency` connections and returns
+/// how many answers had each body, plus every failure.
+pub async fn tally(
+    client: &Client,
+    url: &str,
+    count: usize,
+    concurrency: usize,
+) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, next) = (client.clone(), url.to_string(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut bodies = std::collections::BTreeMap::<String, usize>::new();
+            let mut failures = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < count {
+                match client.get(&url, None).await {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        *bodies.entry(r.body.trim().to_string()).or_default() += 1
+                    }
+                    Ok(r) => failures.push(format!("{}: {}", r.status, r.body)),
+                    Err(e) => failures.push(e),
+                }
+            }
+            (bodies, failures)
+        }));
+    }
+    let mut bodies = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
+    for w in workers {
+        let (b, f) = w.await.expect("worker");
+        for (k, v) in b {
+            *bodies.entry(k).or_default() += v;
+        }
+        failures.extend(f);
+    }
+    (bodies, failures)
+}
+
+/// The repository root (where `examples/` and `tests/` are).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,114 @@
+//! Forwarded headers, hop-by-hop stripping and upstream connection reuse.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Client, Proxy, Upstream};
+
+fn one_service(addr: std::net::SocketAddr) -> String {
+    format!("[[routes]]\nservice = \"s\"\n\n[services.s.pools.main]\nbackends = [\"{addr}\"]\n")
+}
+
+/// Sends `request` as raw bytes and reads the response until the proxy
+/// closes the connection.
+async fn raw(proxy: &Proxy, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_are_forwarded_and_hop_by_hop_ones_stripped() {
+    let up = Upstream::start("s").await;
+    let proxy = Proxy::start(&one_service(up.addr)).await;
+    let response = raw(
+        &proxy,
+        "GET /x?q=1 HTTP/1.1\r\n\
+         Host: Shop.example.com:8443\r\n\
+         Connection: close, X-Drop-Me\r\n\
+         X-Drop-Me: 1\r\n\
+         Keep-Alive: timeout=5\r\n\
+         Proxy-Connection: keep-alive\r\n\
+         TE: trailers\r\n\
+         Upgrade: h2c\r\n\
+         X-Forwarded-For: 203.0.113.9\r\n\
+         X-Forwarded-Proto: https\r\n\
+         X-Kept: yes\r\n\
+         \r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = up.seen().pop().expect("the upstream saw the request");
+    let h = &seen.headers;
+    assert_eq!(seen.target, "/x?q=1");
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded: {h:?}");
+    }
+    if let Some(c) = h.get("connection") {
+        assert!(
+            !c.to_str()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+                .contains("x-drop-me"),
+            "{h:?}"
+        );
+    }
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        h["x-forwarded-proto"], "http",
+        "the proxy says how it was reached"
+    );
+    assert_eq!(h["x-forwarded-host"], "Shop.example.com:8443");
+    assert_eq!(h["host"], "Shop.example.com:8443", "Host is passed through");
+    assert_eq!(h["x-kept"], "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_hop_by_hop_headers_are_stripped() {
+    let up = Upstream::start("s").await;
+    let proxy = Proxy::start(&one_service(up.addr)).await;
+    let reply = Client::new()
+        .get(&proxy.url("/hop"), None)
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["x-upstream"], "s");
+    for gone in ["x-up-private", "keep-alive", "proxy-connection"] {
+        assert!(
+            !reply.headers.contains_key(gone),
+            "{gone} reached the client: {:?}",
+            reply.headers
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let up = Upstream::start("s").await;
+    let proxy = Proxy::start(&one_service(up.addr)).await;
+    let client = Client::new();
+    for _ in 0..100 {
+        let reply = client.get(&proxy.url("/"), None).await.expect("reply");
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(up.hits(), 100);
+    assert!(
+        up.connections() <= 4,
+        "{} upstream connections for 100 sequential requests",
+        up.connections()
+    );
+}
