@@ -106,8 +106,8 @@ fn check(files: &[PathBuf]) -> ExitCode {
 }
 
 fn run(config_path: PathBuf) -> ExitCode {
-    let config = match Config::load(&config_path) {
-        Ok(c) => c,
+    let (config, text) = match Config::load_with_text(&config_path) {
+        Ok(loaded) => loaded,
         Err(LoadError::Invalid(diags)) => {
             for d in &diags.0 {
                 tracing::error!("{d}");
@@ -123,7 +123,7 @@ fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(config_path, config) {
+    match server::run(config_path, config, text) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!("not starting: {e:#}");

@@ -51,15 +51,16 @@ pub enum Outcome {
 }
 
 impl Reloader {
-    /// A controller for `path`, whose valid content `boot` is serving as
-    /// generation 1 through `snapshot`.
+    /// A controller for `path`, whose content `text` (valid, as `boot`) is
+    /// serving as generation 1 through `snapshot`.
     pub fn new(
         path: PathBuf,
         boot: Config,
+        text: String,
         snapshot: SharedSnapshot,
         early_hup: Arc<AtomicBool>,
     ) -> Self {
-        let last_text = std::fs::read_to_string(&path).ok();
+        let last_text = Some(text);
         Reloader {
             path,
             snapshot,
@@ -158,6 +159,9 @@ impl Reloader {
                 None
             }
         };
+        // A change saved between the first load and the watch would be seen
+        // by neither: look once more now that the watch is in place.
+        self.reload("start");
         if self.early_hup.swap(false, Ordering::AcqRel) {
             self.reload("SIGHUP");
         }

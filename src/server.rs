@@ -20,7 +20,7 @@ use switchyard_proxy::{InFlight, Proxy, Snapshot};
 use crate::reload::Reloader;
 
 /// Runs the proxy until it is told to stop; only returns on a startup error.
-pub fn run(config_path: PathBuf, config: Config) -> anyhow::Result<Infallible> {
+pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result<Infallible> {
     // A port in use would otherwise be retried silently for 30 s.
     TcpListener::bind(config.listen.http)
         .with_context(|| format!("listen.http {} is not available", config.listen.http))?;
@@ -44,10 +44,11 @@ pub fn run(config_path: PathBuf, config: Config) -> anyhow::Result<Infallible> {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    // Keyed by the listener, so two instances on one machine never share it.
     conf.upgrade_sock = format!(
-        "{}/switchyard-upgrade-{}.sock",
+        "{}/switchyard-{}.upgrade.sock",
         std::env::temp_dir().display(),
-        std::process::id()
+        config.listen.http.to_string().replace([':', '[', ']'], "_")
     );
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -71,7 +72,7 @@ pub fn run(config_path: PathBuf, config: Config) -> anyhow::Result<Infallible> {
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
 
-    let reloader = Reloader::new(config_path, config, snapshot, early_hup);
+    let reloader = Reloader::new(config_path, config, text, snapshot, early_hup);
     server.add_service(background_service("config reload", reloader));
     server.add_service(background_service(
         "shutdown",

@@ -101,11 +101,19 @@ pub struct Pool {
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
+        Config::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], also returning the text that was validated,
+    /// so a watcher can tell later whether the file changed.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string()).map_err(LoadError::Invalid)
+        let config =
+            Config::parse(&text, &path.display().to_string()).map_err(LoadError::Invalid)?;
+        Ok((config, text))
     }
 
     /// Validates configuration text; `file` names it in error messages.
