@@ -3,22 +3,29 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::tls_log::QuietHandshakes;
 use crate::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level
 /// (`info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     // `try_init` also installs the `log` bridge.
     let result = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => registry
+            .with(fmt.with_target(false).with_filter(QuietHandshakes))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(QuietHandshakes))
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("switchyard: logging is not available: {e}");

@@ -6,10 +6,12 @@
 //! current as the config file changes. Start at [`main`], then `server.rs`
 //! and `reload.rs`.
 
+mod assets;
 mod demo;
 mod logging;
 mod reload;
 mod server;
+mod tls_log;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,32 +1,42 @@
-//! Live reload: watch the config file's directory and SIGHUP; parse,
-//! validate, build one snapshot, publish it with one store.
+//! Live reload: watch the config file's directory, the certificate files'
+//! directories and SIGHUP; parse, validate, load the files the config names,
+//! build one snapshot, publish it with one store.
 //!
-//! A file that fails to load changes nothing: the running generation keeps
-//! serving and every problem is logged with its line and key.
+//! A config that fails to load changes nothing: the running generation keeps
+//! serving and every problem is logged with its file, line and key. A
+//! certificate file replaced under a running config is checked the same
+//! way: a bad one is refused and the previous certificate keeps serving.
 
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use switchyard_certs::{load_pair, CertResolver, CertTable, LoadedCert};
 use switchyard_config::Config;
 use switchyard_proxy::{SharedSnapshot, Snapshot};
 
+use crate::assets::{log_cert, Assets};
+use crate::error_chain;
+
 /// Editors and deploy tools save in several steps; wait this long after the
-/// last event before reading the file.
+/// last event before reading the files.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Owns the config file and the published snapshot.
+/// Owns the config file, the published snapshot and the served certificates.
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
+    /// Present when the process has an HTTPS listener.
+    resolver: Option<Arc<CertResolver>>,
     early_hup: Arc<AtomicBool>,
     state: Mutex<State>,
 }
@@ -34,50 +44,57 @@ pub struct Reloader {
 struct State {
     /// The config the process started with: its listeners are the ones bound.
     boot: Config,
-    /// Text of the file as last applied or rejected, to skip no-op events.
-    last_text: Option<String>,
+    /// The config being served.
+    current: Config,
+    /// A valid config refused only because a file it names could not be
+    /// used; retried on every later event until it loads or the text changes.
+    pending: Option<Config>,
+    /// Text of the file as last applied or refused, to skip no-op events.
+    last_text: String,
     generation: u64,
-}
-
-/// What one reload attempt did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A new generation is serving.
-    Applied(u64),
-    /// The file is the same as the last one seen.
-    Unchanged,
-    /// The file was refused; the current generation keeps serving.
-    Rejected,
+    /// The certificates being served, in `current.tls.certificates` order.
+    certs: Vec<LoadedCert>,
+    /// Certificate file contents already refused, so each bad version is
+    /// logged once.
+    refused: HashMap<PathBuf, (Vec<u8>, Vec<u8>)>,
 }
 
 impl Reloader {
     /// A controller for `path`, whose content `text` (valid, as `boot`) is
-    /// serving as generation 1 through `snapshot`.
+    /// serving as generation 1 through `snapshot`, with `certs` in
+    /// `resolver`.
     pub fn new(
         path: PathBuf,
         boot: Config,
         text: String,
         snapshot: SharedSnapshot,
+        resolver: Option<Arc<CertResolver>>,
+        certs: Vec<LoadedCert>,
         early_hup: Arc<AtomicBool>,
     ) -> Self {
-        let last_text = Some(text);
         Reloader {
             path,
             snapshot,
+            resolver,
             early_hup,
             state: Mutex::new(State {
+                current: boot.clone(),
                 boot,
-                last_text,
+                pending: None,
+                last_text: text,
                 generation: 1,
+                certs,
+                refused: HashMap::new(),
             }),
         }
     }
 
-    /// Reads the file and applies it if it changed and is valid.
-    pub fn reload(&self, trigger: &str) -> Outcome {
+    /// Looks at the config file and the certificate files and applies what
+    /// changed and is valid.
+    pub fn reload(&self, trigger: &str) {
         let Ok(mut state) = self.state.lock() else {
-            tracing::error!("reload state is poisoned; config reload disabled");
-            return Outcome::Rejected;
+            tracing::error!("reload state is poisoned; reloads are disabled");
+            return;
         };
         let file = self.path.display().to_string();
         let text = match std::fs::read_to_string(&self.path) {
@@ -87,18 +104,24 @@ impl Reloader {
                     %file, %trigger, generation = state.generation, error = %e,
                     "config reload failed: cannot read the file; still serving the current generation"
                 );
-                return Outcome::Rejected;
+                return;
             }
         };
-        if state.last_text.as_deref() == Some(text.as_str()) {
-            if trigger == "SIGHUP" {
-                tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+        if state.last_text == text {
+            if let Some(config) = state.pending.take() {
+                self.apply(&mut state, config, trigger);
+            } else {
+                if trigger == "SIGHUP" {
+                    tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+                }
+                self.check_certificates(&mut state);
             }
-            return Outcome::Unchanged;
+            return;
         }
-        state.last_text = Some(text.clone());
-        let config = match Config::parse(&text, &file) {
-            Ok(c) => c,
+        state.last_text = text;
+        state.pending = None;
+        match Config::parse(&state.last_text, &file) {
+            Ok(config) => self.apply(&mut state, config, trigger),
             Err(diags) => {
                 for d in &diags.0 {
                     tracing::error!(%trigger, "{d}");
@@ -107,7 +130,25 @@ impl Reloader {
                     %file, %trigger, generation = state.generation, problems = diags.0.len(),
                     "config reload rejected; still serving the current generation"
                 );
-                return Outcome::Rejected;
+            }
+        }
+    }
+
+    /// Loads the files `config` names and, if all are good, serves it.
+    fn apply(&self, state: &mut State, config: Config, trigger: &str) {
+        let file = self.path.display().to_string();
+        let assets = match Assets::load(&config) {
+            Ok(a) => a,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(%trigger, "{}", error_chain(e));
+                }
+                tracing::error!(
+                    %file, %trigger, generation = state.generation, problems = errors.len(),
+                    "config reload rejected: files it names cannot be used; still serving the current generation"
+                );
+                state.pending = Some(config);
+                return;
             }
         };
         for change in state.boot.restart_required(&config) {
@@ -115,25 +156,106 @@ impl Reloader {
         }
         let generation = state.generation + 1;
         self.snapshot
-            .store(Arc::new(Snapshot::build(&config, generation)));
+            .store(Arc::new(Snapshot::build(&config, generation, &assets.cas)));
+        if let Some(resolver) = &self.resolver {
+            let changed = assets.certs.len() != state.certs.len()
+                || assets
+                    .certs
+                    .iter()
+                    .zip(&state.certs)
+                    .any(|(new, old)| new.info != old.info);
+            if changed {
+                for cert in &assets.certs {
+                    log_cert(cert, "certificate loaded");
+                }
+            }
+            resolver.store(CertTable::build(&assets.certs));
+        }
+        state.certs = assets.certs;
+        state.refused.clear();
         state.generation = generation;
         tracing::info!(
             %file, %trigger, generation,
             routes = config.routes.len(), services = config.services.len(),
+            certificates = state.certs.len(),
             "config applied"
         );
-        Outcome::Applied(generation)
+        state.current = config;
+    }
+
+    /// Swaps in certificate files that changed under the running config.
+    fn check_certificates(&self, state: &mut State) {
+        let Some(resolver) = &self.resolver else {
+            return;
+        };
+        let now = SystemTime::now();
+        let mut swapped = false;
+        let State {
+            current,
+            certs,
+            refused,
+            ..
+        } = state;
+        for (files, served) in current.tls.certificates.iter().zip(certs.iter_mut()) {
+            let (Ok(cert_pem), Ok(key_pem)) =
+                (std::fs::read(&files.cert), std::fs::read(&files.key))
+            else {
+                // Mid-replacement, or removed: keep serving what is loaded.
+                continue;
+            };
+            if served.source.0 == cert_pem && served.source.1 == key_pem {
+                continue;
+            }
+            let contents = (cert_pem, key_pem);
+            if refused.get(&files.cert) == Some(&contents) {
+                continue;
+            }
+            match load_pair(files, now) {
+                Ok(new) if new.source == contents => {
+                    log_cert(&new, "certificate file changed; new certificate serving");
+                    *served = new;
+                    refused.remove(&files.cert);
+                    swapped = true;
+                }
+                // The files changed again while being read: the next event
+                // brings the final version.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(
+                        file = %files.cert.display(),
+                        serial = %served.info.serial,
+                        "certificate refused, still serving the previous one: {}",
+                        error_chain(&e)
+                    );
+                    refused.insert(files.cert.clone(), contents);
+                }
+            }
+        }
+        if swapped {
+            resolver.store(CertTable::build(certs));
+        }
+    }
+
+    /// Directories whose changes may matter: the config file's, and those
+    /// of the certificate files of the served and the pending config.
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        dirs.insert(parent(&self.path));
+        if let Ok(state) = self.state.lock() {
+            for config in std::iter::once(&state.current).chain(state.pending.as_ref()) {
+                for files in &config.tls.certificates {
+                    dirs.insert(parent(&files.cert));
+                    dirs.insert(parent(&files.key));
+                }
+            }
+        }
+        dirs
     }
 
     async fn watch(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        // Editors replace the file (new inode), and orchestrators swap
-        // symlinked directories: watch the directory, compare contents.
-        let dir = self
-            .path
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
+        // Editors replace files (new inode), and orchestrators swap
+        // symlinked directories: watch directories, compare contents.
         let mut watcher =
             match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -142,16 +264,12 @@ impl Reloader {
             }) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
+                    tracing::error!(error = %e, "cannot watch files; reload with SIGHUP");
                     None
                 }
             };
-        if let Some(w) = watcher.as_mut() {
-            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-                watcher = None;
-            }
-        }
+        let mut watching = BTreeSet::new();
+        self.watch_new_dirs(&mut watcher, &mut watching);
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -169,7 +287,7 @@ impl Reloader {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = rx.recv() => {
-                    // Let the writer finish, then take the file as it is.
+                    // Let the writer finish, then take the files as they are.
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
                     self.reload("file change");
@@ -179,8 +297,38 @@ impl Reloader {
                     self.reload("SIGHUP");
                 }
             }
+            self.watch_new_dirs(&mut watcher, &mut watching);
         }
-        drop(watcher);
+    }
+
+    fn watch_new_dirs(
+        &self,
+        watcher: &mut Option<RecommendedWatcher>,
+        watching: &mut BTreeSet<PathBuf>,
+    ) {
+        let Some(w) = watcher.as_mut() else {
+            return;
+        };
+        for dir in self.watched_dirs() {
+            if watching.contains(&dir) {
+                continue;
+            }
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::error!(
+                    dir = %dir.display(), error = %e,
+                    "cannot watch this directory; changes in it need a SIGHUP"
+                );
+            }
+            // Tried once either way, so a failure is logged once.
+            watching.insert(dir);
+        }
+    }
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -10,20 +10,39 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
+use switchyard_certs::{CertResolver, CertTable};
 use switchyard_config::Config;
 use switchyard_proxy::{InFlight, Proxy, Snapshot};
 
+use crate::assets::{log_cert, Assets};
 use crate::reload::Reloader;
 
 /// Runs the proxy until it is told to stop; only returns on a startup error.
 pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result<Infallible> {
     // A port in use would otherwise be retried silently for 30 s.
-    TcpListener::bind(config.listen.http)
-        .with_context(|| format!("listen.http {} is not available", config.listen.http))?;
+    for (key, addr) in [("http", config.listen.http), ("https", config.listen.https)] {
+        if let Some(addr) = addr {
+            TcpListener::bind(addr)
+                .with_context(|| format!("listen.{key} {addr} is not available"))?;
+        }
+    }
+    let assets = match Assets::load(&config) {
+        Ok(a) => a,
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{}", crate::error_chain(e));
+            }
+            anyhow::bail!("{} certificate or CA file(s) cannot be used", errors.len());
+        }
+    };
+    for cert in &assets.certs {
+        log_cert(cert, "certificate loaded");
+    }
 
     let config_path = std::path::absolute(&config_path)
         .with_context(|| format!("cannot resolve {}", config_path.display()))?;
@@ -48,19 +67,28 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
     conf.upgrade_sock = format!(
         "{}/switchyard-{}.upgrade.sock",
         std::env::temp_dir().display(),
-        config.listen.http.to_string().replace([':', '[', ']'], "_")
+        config
+            .listen
+            .http
+            .or(config.listen.https)
+            .map(|a| a.to_string().replace([':', '[', ']'], "_"))
+            .unwrap_or_default()
     );
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, 1)));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        &config,
+        1,
+        &assets.cas,
+    )));
     let in_flight = InFlight::default();
-    let listen = config.listen.http;
     tracing::info!(
         generation = 1,
         file = %config_path.display(),
         routes = config.routes.len(),
         services = config.services.len(),
+        certificates = assets.certs.len(),
         "config loaded"
     );
 
@@ -69,16 +97,47 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         Proxy::new(snapshot.clone(), in_flight.clone()),
         "switchyard proxy",
     );
-    proxy.add_tcp(&listen.to_string());
+    if let Some(http) = config.listen.http {
+        proxy.add_tcp(&http.to_string());
+        tracing::info!(%http, "listening for HTTP");
+    }
+    // The resolver exists only with an HTTPS listener; certificates are
+    // swapped into it on reload and when their files change.
+    let resolver = match config.listen.https {
+        None => None,
+        Some(https) => {
+            let resolver = Arc::new(CertResolver::new(CertTable::build(&assets.certs)));
+            let mut tls =
+                TlsSettings::intermediate("", "").context("cannot set up the HTTPS listener")?;
+            tls.set_cert_resolver(resolver.clone());
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&https.to_string(), None, tls);
+            tracing::info!(%https, "listening for HTTPS (HTTP/2 and HTTP/1.1)");
+            Some(resolver)
+        }
+    };
     server.add_service(proxy);
 
-    let reloader = Reloader::new(config_path, config, text, snapshot, early_hup);
+    let reloader = Reloader::new(
+        config_path,
+        config,
+        text,
+        snapshot,
+        resolver.clone(),
+        assets.certs,
+        early_hup,
+    );
     server.add_service(background_service("config reload", reloader));
     server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { in_flight, grace },
     ));
-    tracing::info!(http = %listen, "switchyard listening");
+    if resolver.is_some() {
+        server.add_service(background_service(
+            "TLS handshake report",
+            crate::tls_log::HandshakeReport,
+        ));
+    }
 
     server.run(RunArgs::default());
     std::process::exit(0)

@@ -1,8 +1,19 @@
-//! Switchyard's certificates: the certificate store, the SNI resolver and
-//! ACME issuance and renewal.
+//! Switchyard's certificates: loading and checking certificate files, and
+//! the lock-free SNI resolver the HTTPS listener asks on every handshake.
 //!
-//! This crate will own loading and checking certificates (chain, key match,
-//! expiry, names), the lock-free resolver the TLS listener asks on every
-//! handshake, the HTTP-01 challenge store and the ACME client. It returns
-//! rustls types only and never imports pingora. Nothing lives here yet: the
-//! plain HTTP listener is all the proxy serves so far.
+//! Everything about a certificate is checked here, when it is loaded: the
+//! chain parses, the key matches the leaf, it is valid now, and which host
+//! names it covers. The handshake path ([`CertResolver`]) only looks names
+//! up in a prebuilt map behind an `ArcSwap`, so swapping certificates never
+//! blocks or slows a handshake. This crate returns rustls types only and
+//! never imports pingora. ACME issuance and renewal will live here too.
+//!
+//! Start with [`load_pair`], then [`CertTable`] and [`CertResolver`].
+
+mod error;
+mod load;
+mod resolver;
+
+pub use error::CertError;
+pub use load::{load_ca_file, load_pair, CertInfo, LoadedCert};
+pub use resolver::{CertResolver, CertTable};

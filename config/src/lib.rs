@@ -14,7 +14,7 @@ mod error;
 mod parse;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Diagnostic, Diagnostics, LoadError};
@@ -26,17 +26,81 @@ pub struct Config {
     pub listen: Listen,
     /// Process settings (process-level: a change needs a restart).
     pub server: ServerSettings,
+    /// Certificates and HTTPS policy.
+    pub tls: Tls,
     /// Routes in file order.
     pub routes: Vec<Route>,
     /// Services sorted by name.
     pub services: Vec<Service>,
 }
 
-/// The addresses Switchyard listens on.
+/// The addresses Switchyard listens on; at least one is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     /// Plain HTTP listener.
-    pub http: SocketAddr,
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener (HTTP/1.1 and HTTP/2 over TLS).
+    pub https: Option<SocketAddr>,
+}
+
+/// Certificates served on the HTTPS listener, and HTTPS policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// Certificate files; non-empty exactly when there is an HTTPS listener.
+    pub certificates: Vec<CertificateFiles>,
+    /// `Strict-Transport-Security` for HTTPS responses, if wanted.
+    pub hsts: Option<Hsts>,
+}
+
+/// One certificate chain and its private key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM file: the leaf certificate first, then its chain.
+    pub cert: PathBuf,
+    /// PEM file: the leaf's private key.
+    pub key: PathBuf,
+    /// Served to clients that send no SNI or a name no certificate covers;
+    /// at most one certificate is the default.
+    pub default: bool,
+}
+
+/// The `Strict-Transport-Security` header's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    /// How long browsers remember to use HTTPS only.
+    pub max_age: Duration,
+    /// Whether subdomains are covered too.
+    pub include_subdomains: bool,
+    /// Whether to ask for inclusion in browsers' preload lists.
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header value, for example `max-age=31536000; includeSubDomains`.
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+/// How a pool's backends are reached over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent as SNI and verified; `None` means the backend's IP
+    /// address is verified against the certificate's IP addresses.
+    pub sni: Option<String>,
+    /// PEM file of the CA certificates to trust; `None` means the system's
+    /// trusted roots.
+    pub ca: Option<PathBuf>,
+    /// Whether the backend's certificate is verified (on unless
+    /// `insecure_skip_verify = true`).
+    pub verify: bool,
 }
 
 /// Process-wide settings.
@@ -72,6 +136,9 @@ pub struct Route {
     pub path: String,
     /// Name of the service, known to exist in [`Config::services`].
     pub service: String,
+    /// Whether plain HTTP requests get a 308 redirect to HTTPS instead of
+    /// being served (ACME challenges are always served).
+    pub https_redirect: bool,
 }
 
 /// A service: named pools of backends and how traffic is split among them.
@@ -96,6 +163,8 @@ pub struct Pool {
     pub share: u32,
     /// Backend addresses, without duplicates.
     pub backends: Vec<SocketAddr>,
+    /// TLS to the backends, if they speak HTTPS.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Config {
@@ -125,10 +194,19 @@ impl Config {
     /// "restart required" message, comparing `self` (running) with `next`.
     pub fn restart_required(&self, next: &Config) -> Vec<String> {
         let mut changes = Vec::new();
+        let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
         if self.listen.http != next.listen.http {
             changes.push(format!(
                 "listen.http changed from {} to {}",
-                self.listen.http, next.listen.http
+                show(self.listen.http),
+                show(next.listen.http)
+            ));
+        }
+        if self.listen.https != next.listen.https {
+            changes.push(format!(
+                "listen.https changed from {} to {}",
+                show(self.listen.https),
+                show(next.listen.https)
             ));
         }
         if self.server.threads != next.server.threads {

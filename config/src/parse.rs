@@ -7,12 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
-    Config, Diagnostic, Diagnostics, HostMatch, Listen, Pool, Route, ServerSettings, Service,
+    CertificateFiles, Config, Diagnostic, Diagnostics, HostMatch, Hsts, Listen, Pool, Route,
+    ServerSettings, Service, Tls, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -33,16 +35,19 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
         }
     };
     let root = doc.as_table();
-    w.known_keys(root, "", &["listen", "server", "routes", "services"]);
+    w.known_keys(root, "", &["listen", "server", "tls", "routes", "services"]);
     let listen = w.listen(root);
+    let has_https = listen.as_ref().is_some_and(|l| l.https.is_some());
     let server = w.server(root);
+    let tls = w.tls(root, listen.as_ref());
     let services = w.services(root);
-    let routes = w.routes(root, &services);
+    let routes = w.routes(root, &services, has_https);
     w.diags.sort_by_key(|d| (d.line, d.column));
-    match (listen, server) {
-        (Some(listen), Some(server)) if w.diags.is_empty() => Ok(Config {
+    match (listen, server, tls) {
+        (Some(listen), Some(server), Some(tls)) if w.diags.is_empty() => Ok(Config {
             listen,
             server,
+            tls,
             routes,
             services: services.into_values().collect(),
         }),
@@ -60,6 +65,8 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
 /// State of one walk: the text (for line numbers) and what was found wrong.
 struct Walk<'a> {
     file: &'a str,
+    /// Directory that relative paths in the file are relative to.
+    base_dir: &'a Path,
     line_starts: Vec<usize>,
     text: &'a str,
     diags: Vec<Diagnostic>,
@@ -72,6 +79,7 @@ impl<'a> Walk<'a> {
             .collect();
         Walk {
             file,
+            base_dir: Path::new(file).parent().unwrap_or(Path::new("")),
             line_starts,
             text,
             diags: Vec::new(),
@@ -207,17 +215,222 @@ impl<'a> Walk<'a> {
             return None;
         };
         let table = self.table(item, None, "listen")?;
-        self.known_keys(table, "listen", &["http"]);
-        let Some(http) = table.get("http") else {
+        self.known_keys(table, "listen", &["http", "https"]);
+        let mut ok = true;
+        let mut addr = |w: &mut Self, key: &str| match table.get(key) {
+            None => None,
+            Some(v) => {
+                let parsed = w.socket_addr(v, &format!("listen.{key}"));
+                ok &= parsed.is_some();
+                parsed
+            }
+        };
+        let http = addr(self, "http");
+        let https = addr(self, "https");
+        if !ok {
+            return None;
+        }
+        if http.is_none() && https.is_none() {
             self.error(
                 item.span().or_else(|| first_key_span(table)),
-                "listen.http",
-                "missing key; the plain HTTP listener address is required",
+                "listen",
+                "no listener; set `http = \"IP:PORT\"`, `https = \"IP:PORT\"` or both",
             );
             return None;
+        }
+        if let (Some(h), Some(s)) = (http, https) {
+            if h == s {
+                self.error(
+                    table.get("https").and_then(|v| v.span()),
+                    "listen.https",
+                    format!("{s} is also listen.http; each listener needs its own address"),
+                );
+                return None;
+            }
+        }
+        Some(Listen { http, https })
+    }
+
+    fn boolean(&mut self, item: &Item, path: &str) -> Option<bool> {
+        let b = item.as_bool();
+        if b.is_none() {
+            self.error(
+                item.span(),
+                path,
+                format!("expected true or false, found {}", item.type_name()),
+            );
+        }
+        b
+    }
+
+    /// A file path; relative paths are relative to the config file.
+    fn file_path(&mut self, item: &Item, path: &str) -> Option<PathBuf> {
+        let raw = self.string(item, path)?;
+        if raw.is_empty() {
+            self.error(item.span(), path, "empty path");
+            return None;
+        }
+        Some(self.base_dir.join(raw))
+    }
+
+    fn tls(&mut self, root: &dyn TableLike, listen: Option<&Listen>) -> Option<Tls> {
+        let has_https = listen.is_some_and(|l| l.https.is_some());
+        let mut tls = Tls::default();
+        let Some(item) = root.get("tls") else {
+            if has_https {
+                self.error(
+                    root.get("listen").and_then(|l| l.as_table_like()).and_then(|t| t.key("https")).and_then(|k| k.span()),
+                    "listen.https",
+                    "an HTTPS listener needs certificates; add `[[tls.certificates]]` with `cert` and `key`",
+                );
+                return None;
+            }
+            return Some(tls);
         };
-        let http = self.socket_addr(http, "listen.http")?;
-        Some(Listen { http })
+        let table = self.table(item, None, "tls")?;
+        self.known_keys(table, "tls", &["certificates", "hsts"]);
+        let mut ok = true;
+        if let Some(certs) = table.get("certificates") {
+            let entries = self.table_array(
+                certs,
+                table.key("certificates").and_then(|k| k.span()),
+                "tls.certificates",
+            );
+            let mut default_at: Option<usize> = None;
+            for (i, (cert_table, span)) in entries.into_iter().enumerate() {
+                let path = format!("tls.certificates[{i}]");
+                self.known_keys(cert_table, &path, &["cert", "key", "default"]);
+                let anchor = span.or_else(|| first_key_span(cert_table));
+                let file = |w: &mut Self, key: &str, what: &str| match cert_table.get(key) {
+                    Some(v) => w.file_path(v, &format!("{path}.{key}")),
+                    None => {
+                        w.error(
+                            anchor.clone(),
+                            &format!("{path}.{key}"),
+                            format!("missing key; the {what} file (PEM) is required"),
+                        );
+                        None
+                    }
+                };
+                let cert = file(self, "cert", "certificate chain");
+                let key = file(self, "key", "private key");
+                let default = match cert_table.get("default") {
+                    None => Some(false),
+                    Some(v) => self.boolean(v, &format!("{path}.default")),
+                };
+                if default == Some(true) {
+                    if let Some(first) = default_at {
+                        self.error(
+                            cert_table.get("default").and_then(|v| v.span()),
+                            &format!("{path}.default"),
+                            format!("tls.certificates[{first}] is already the default; only one certificate may be"),
+                        );
+                        ok = false;
+                    }
+                    default_at = Some(i);
+                }
+                match (cert, key, default) {
+                    (Some(cert), Some(key), Some(default)) => tls
+                        .certificates
+                        .push(CertificateFiles { cert, key, default }),
+                    _ => ok = false,
+                }
+            }
+        }
+        if let Some(hsts_item) = table.get("hsts") {
+            match self.table(
+                hsts_item,
+                table.key("hsts").and_then(|k| k.span()),
+                "tls.hsts",
+            ) {
+                None => ok = false,
+                Some(h) => {
+                    self.known_keys(h, "tls.hsts", &["max_age", "include_subdomains", "preload"]);
+                    let mut hsts = Hsts {
+                        max_age: Duration::from_secs(365 * 24 * 3600),
+                        include_subdomains: false,
+                        preload: false,
+                    };
+                    if let Some(v) = h.get("max_age") {
+                        match self.duration(v, "tls.hsts.max_age") {
+                            Some(d) => hsts.max_age = d,
+                            None => ok = false,
+                        }
+                    }
+                    if let Some(v) = h.get("include_subdomains") {
+                        match self.boolean(v, "tls.hsts.include_subdomains") {
+                            Some(b) => hsts.include_subdomains = b,
+                            None => ok = false,
+                        }
+                    }
+                    if let Some(v) = h.get("preload") {
+                        match self.boolean(v, "tls.hsts.preload") {
+                            Some(b) => hsts.preload = b,
+                            None => ok = false,
+                        }
+                    }
+                    tls.hsts = Some(hsts);
+                }
+            }
+        }
+        if ok && has_https && tls.certificates.is_empty() {
+            self.error(
+                item.span().or_else(|| first_key_span(table)),
+                "tls.certificates",
+                "an HTTPS listener needs certificates; add `[[tls.certificates]]` with `cert` and `key`",
+            );
+            ok = false;
+        }
+        if ok && !has_https && (!tls.certificates.is_empty() || tls.hsts.is_some()) {
+            self.error(
+                item.span().or_else(|| first_key_span(table)),
+                "tls",
+                "TLS settings without an HTTPS listener; add `https = \"IP:PORT\"` to [listen]",
+            );
+            ok = false;
+        }
+        ok.then_some(tls)
+    }
+
+    /// The tables of an array of tables (`[[x]]`) or of an inline array of
+    /// inline tables, each with its span.
+    fn table_array<'d>(
+        &mut self,
+        item: &'d Item,
+        key_span: Option<Range<usize>>,
+        path: &str,
+    ) -> Vec<(&'d dyn TableLike, Option<Range<usize>>)> {
+        match item {
+            Item::ArrayOfTables(aot) => aot
+                .iter()
+                .map(|t| (t as &dyn TableLike, t.span()))
+                .collect(),
+            Item::Value(Value::Array(array)) => {
+                let mut entries = Vec::new();
+                for (i, v) in array.iter().enumerate() {
+                    match v.as_inline_table() {
+                        Some(t) => entries.push((t as &dyn TableLike, v.span())),
+                        None => self.error(
+                            v.span(),
+                            &format!("{path}[{i}]"),
+                            format!("expected a table, found {}", v.type_name()),
+                        ),
+                    }
+                }
+                entries
+            }
+            other => {
+                self.error(
+                    other.span().or(key_span),
+                    path,
+                    format!(
+                        "expected an array of tables (`[[{path}]]`), found {}",
+                        other.type_name()
+                    ),
+                );
+                Vec::new()
+            }
+        }
     }
 
     fn server(&mut self, root: &dyn TableLike) -> Option<ServerSettings> {
@@ -432,7 +645,12 @@ impl<'a> Walk<'a> {
         path: &str,
     ) -> Option<Pool> {
         let table = self.table(item, span.clone(), path)?;
-        self.known_keys(table, path, &["backends"]);
+        self.known_keys(
+            table,
+            path,
+            &["backends", "tls", "sni", "ca", "insecure_skip_verify"],
+        );
+        let tls = self.upstream_tls(table, path);
         let key = join(path, "backends");
         let Some(backends_item) = table.get("backends") else {
             self.error(
@@ -470,11 +688,82 @@ impl<'a> Walk<'a> {
             }
             backends.push(addr);
         }
+        let tls = tls?;
         ok.then(|| Pool {
             name: name.to_string(),
             share: 0,
             backends,
+            tls,
         })
+    }
+
+    /// `tls`, `sni`, `ca` and `insecure_skip_verify` of a pool; `Some(None)`
+    /// for plain-text backends, `None` when something is wrong.
+    fn upstream_tls(&mut self, table: &dyn TableLike, path: &str) -> Option<Option<UpstreamTls>> {
+        let enabled = match table.get("tls") {
+            None => false,
+            Some(v) => self.boolean(v, &join(path, "tls"))?,
+        };
+        let mut ok = true;
+        let sni = match table.get("sni") {
+            None => None,
+            Some(v) => {
+                let key = join(path, "sni");
+                match self.string(v, &key) {
+                    Some(raw) => match host_match(raw) {
+                        Ok(HostMatch::Exact(name)) => Some(name),
+                        _ => {
+                            self.error(v.span(), &key, format!("invalid server name {raw:?}; expected a DNS name such as \"backend.internal\""));
+                            ok = false;
+                            None
+                        }
+                    },
+                    None => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let ca = match table.get("ca") {
+            None => None,
+            Some(v) => {
+                let p = self.file_path(v, &join(path, "ca"));
+                ok &= p.is_some();
+                p
+            }
+        };
+        let skip_verify = match table.get("insecure_skip_verify") {
+            None => false,
+            Some(v) => match self.boolean(v, &join(path, "insecure_skip_verify")) {
+                Some(b) => b,
+                None => {
+                    ok = false;
+                    false
+                }
+            },
+        };
+        if !ok {
+            return None;
+        }
+        if !enabled {
+            for key in ["sni", "ca", "insecure_skip_verify"] {
+                if let Some(v) = table.get(key) {
+                    self.error(
+                        v.span(),
+                        &join(path, key),
+                        "only meaningful with `tls = true`",
+                    );
+                    ok = false;
+                }
+            }
+            return ok.then_some(None);
+        }
+        Some(Some(UpstreamTls {
+            sni,
+            ca,
+            verify: !skip_verify,
+        }))
     }
 
     /// `socket_addr` for an array element, whose span lives on the value.
@@ -490,49 +779,39 @@ impl<'a> Walk<'a> {
         addr
     }
 
-    fn routes(&mut self, root: &dyn TableLike, services: &BTreeMap<String, Service>) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        root: &dyn TableLike,
+        services: &BTreeMap<String, Service>,
+        has_https: bool,
+    ) -> Vec<Route> {
         let mut routes = Vec::new();
         let Some(item) = root.get("routes") else {
             return routes;
         };
-        let entries: Vec<(&dyn TableLike, Option<Range<usize>>)> = match item {
-            Item::ArrayOfTables(aot) => aot
-                .iter()
-                .map(|t| (t as &dyn TableLike, t.span()))
-                .collect(),
-            Item::Value(Value::Array(array)) => {
-                let mut entries = Vec::new();
-                for (i, v) in array.iter().enumerate() {
-                    match v.as_inline_table() {
-                        Some(t) => entries.push((t as &dyn TableLike, v.span())),
-                        None => self.error(
-                            v.span(),
-                            &format!("routes[{i}]"),
-                            format!("expected a table, found {}", v.type_name()),
-                        ),
-                    }
-                }
-                entries
-            }
-            other => {
-                self.error(
-                    other
-                        .span()
-                        .or_else(|| root.key("routes").and_then(|k| k.span())),
-                    "routes",
-                    format!(
-                        "expected an array of tables (`[[routes]]`), found {}",
-                        other.type_name()
-                    ),
-                );
-                return routes;
-            }
-        };
+        let entries = self.table_array(item, root.key("routes").and_then(|k| k.span()), "routes");
         let mut seen: HashMap<(HostMatch, String), usize> = HashMap::new();
         for (i, (table, span)) in entries.into_iter().enumerate() {
             let path = format!("routes[{i}]");
             let anchor = span.or_else(|| first_key_span(table));
-            self.known_keys(table, &path, &["host", "path", "service"]);
+            self.known_keys(table, &path, &["host", "path", "service", "https_redirect"]);
+            let https_redirect = match table.get("https_redirect") {
+                None => Some(has_https),
+                Some(v) => {
+                    let key = format!("{path}.https_redirect");
+                    match self.boolean(v, &key) {
+                        Some(true) if !has_https => {
+                            self.error(
+                                v.span(),
+                                &key,
+                                "redirecting to HTTPS needs an HTTPS listener; add `https` to [listen]",
+                            );
+                            None
+                        }
+                        other => other,
+                    }
+                }
+            };
             let host = match table.get("host") {
                 None => Some(HostMatch::Any),
                 Some(v) => {
@@ -593,7 +872,9 @@ impl<'a> Walk<'a> {
                     }
                 }
             };
-            let (Some(host), Some(route_path), Some(service)) = (host, route_path, service) else {
+            let (Some(host), Some(route_path), Some(service), Some(https_redirect)) =
+                (host, route_path, service, https_redirect)
+            else {
                 continue;
             };
             let identity = (host.clone(), route_path.clone());
@@ -610,6 +891,7 @@ impl<'a> Walk<'a> {
                 host,
                 path: route_path,
                 service,
+                https_redirect,
             });
         }
         routes

@@ -14,4 +14,4 @@ pub mod proxy;
 pub mod snapshot;
 
 pub use proxy::{InFlight, Proxy, RequestCtx, SharedSnapshot};
-pub use snapshot::{Router, Snapshot};
+pub use snapshot::{CaBundles, RouteTarget, Router, Snapshot};

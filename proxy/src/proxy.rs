@@ -76,6 +76,8 @@ impl Drop for InFlightGuard {
 /// Per-request state.
 pub struct RequestCtx {
     snapshot: Arc<Snapshot>,
+    /// Whether the client connection is TLS.
+    tls: bool,
     /// Index of the routed service, once routed.
     service: Option<u32>,
     /// The pool currently being tried.
@@ -108,6 +110,37 @@ impl RequestCtx {
 }
 
 const NOT_FOUND: &str = "404 Not Found: no route matches this host and path\n";
+const NO_HOST: &str = "400 Bad Request: the request names no host\n";
+/// ACME HTTP-01 challenges must be answered over plain HTTP.
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Writes a complete plain-text response, keeping the connection open.
+async fn respond_text(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    location: Option<String>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len())?;
+    if let Some(location) = location {
+        resp.insert_header("location", location)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+/// `https://host[:port]/path?query` for a plain HTTP request.
+fn https_location(host: &str, port: Option<u16>, uri: &http::Uri) -> String {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    match port {
+        Some(443) | None => format!("https://{host}{target}"),
+        Some(port) => format!("https://{host}:{port}{target}"),
+    }
+}
 
 #[async_trait]
 impl ProxyHttp for Proxy {
@@ -116,6 +149,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             snapshot: self.snapshot.load_full(),
+            tls: false,
             service: None,
             pool: 0,
             current: None,
@@ -125,19 +159,30 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let host = request_host(&req.uri, &req.headers);
-        let Some(service) = ctx.snapshot.router.route(&host, req.uri.path()) else {
-            let mut resp = ResponseHeader::build(404, Some(3))?;
-            resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-            resp.insert_header("content-length", NOT_FOUND.len())?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session
-                .write_response_body(Some(Bytes::from_static(NOT_FOUND.as_bytes())), true)
-                .await?;
+        let path = req.uri.path();
+        let Some(target) = ctx.snapshot.router.route(&host, path) else {
+            respond_text(session, 404, NOT_FOUND, None).await?;
             return Ok(true);
         };
-        ctx.service = Some(service);
+        if target.https_redirect && !ctx.tls && !path.starts_with(ACME_CHALLENGE_PREFIX) {
+            if host.is_empty() {
+                respond_text(session, 400, NO_HOST, None).await?;
+                return Ok(true);
+            }
+            let location = https_location(&host, ctx.snapshot.https_port, &req.uri);
+            respond_text(
+                session,
+                308,
+                "308 Permanent Redirect: use HTTPS\n",
+                Some(location),
+            )
+            .await?;
+            return Ok(true);
+        }
+        ctx.service = Some(target.service);
         if let Some(s) = ctx.service() {
             ctx.pool = s.pick_pool();
         }
@@ -161,12 +206,24 @@ impl ProxyHttp for Proxy {
                 "no backend available",
             ));
         };
-        let addr = service.pools[pool as usize].backends[backend as usize];
-        let timeout = service.connect_timeout;
+        let pool_rt = &service.pools[pool as usize];
+        let addr = pool_rt.backends[backend as usize];
+        let mut peer = match &pool_rt.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                // Without a name, the backend's IP address is what the
+                // certificate must cover (an empty SNI would skip checks).
+                let sni = tls.sni.clone().unwrap_or_else(|| addr.ip().to_string());
+                let mut peer = HttpPeer::new(addr, true, sni);
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer.options.ca = tls.ca.clone();
+                peer
+            }
+        };
+        peer.options.connection_timeout = Some(service.connect_timeout);
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(timeout);
         Ok(Box::new(peer))
     }
 
@@ -213,7 +270,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let upgrade = is_upgrade_request(&upstream_request.headers);
         for name in hop_by_hop_names(&upstream_request.headers, upgrade) {
@@ -226,7 +283,8 @@ impl ProxyHttp for Proxy {
             let xff = forwarded_for(&upstream_request.headers, &client.ip().to_string());
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request
+            .insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         let host = upstream_request
             .uri
             .authority()
@@ -248,8 +306,13 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.tls {
+            if let Some(hsts) = &ctx.snapshot.hsts {
+                upstream_response.insert_header("strict-transport-security", hsts.clone())?;
+            }
+        }
         let switching = upstream_response.status.as_u16() == 101;
         for name in hop_by_hop_names(&upstream_response.headers, switching) {
             upstream_response.remove_header(&name);

@@ -6,11 +6,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ahash::RandomState;
+use http::HeaderValue;
+use pingora_core::protocols::tls::CaType;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use switchyard_config::{Config, HostMatch};
+
+/// CA certificates (DER) to trust for upstream TLS, by the `ca` file they
+/// were read from; loaded and checked before a snapshot is built.
+pub type CaBundles = HashMap<PathBuf, Vec<Vec<u8>>>;
 
 /// Everything one config generation needs on the request path.
 #[derive(Debug)]
@@ -21,11 +30,17 @@ pub struct Snapshot {
     pub router: Router,
     /// Services in the order of [`Config::services`].
     pub services: Box<[ServiceRt]>,
+    /// Port of the HTTPS listener, for redirects (`None`: no HTTPS).
+    pub https_port: Option<u16>,
+    /// `Strict-Transport-Security` value for HTTPS responses, if configured.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Snapshot {
-    /// Compiles `config` into a snapshot tagged with `generation`.
-    pub fn build(config: &Config, generation: u64) -> Snapshot {
+    /// Compiles `config` into a snapshot tagged with `generation`. `cas`
+    /// holds every `ca` file the pools name; a pool whose file is missing
+    /// from it trusts the system roots.
+    pub fn build(config: &Config, generation: u64, cas: &CaBundles) -> Snapshot {
         let index: HashMap<&str, u32> = config
             .services
             .iter()
@@ -43,7 +58,13 @@ impl Snapshot {
                 HostMatch::Exact(h) => router.exact.entry(h.as_str().into()).or_default(),
                 HostMatch::Wildcard(h) => router.wildcard.entry(h.as_str().into()).or_default(),
             };
-            table.insert(&route.path, service);
+            table.insert(
+                &route.path,
+                RouteTarget {
+                    service,
+                    https_redirect: route.https_redirect,
+                },
+            );
         }
         let services = config
             .services
@@ -56,6 +77,17 @@ impl Snapshot {
                         name: p.name.clone(),
                         share: p.share,
                         backends: p.backends.clone().into_boxed_slice(),
+                        tls: p.tls.as_ref().map(|t| PoolTls {
+                            sni: t.sni.clone(),
+                            verify: t.verify,
+                            ca: t.ca.as_ref().and_then(|path| cas.get(path)).map(|ders| {
+                                let certs: Vec<WrappedX509> = ders
+                                    .iter()
+                                    .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                                    .collect();
+                                Arc::<CaType>::from(certs.into_boxed_slice())
+                            }),
+                        }),
                         // A random start keeps reloads from piling the first
                         // requests of every generation onto backend 0.
                         next: AtomicUsize::new(rand::random::<u16>() as usize),
@@ -78,6 +110,12 @@ impl Snapshot {
             generation,
             router,
             services,
+            https_port: config.listen.https.map(|a| a.port()),
+            hsts: config
+                .tls
+                .hsts
+                .as_ref()
+                .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
         }
     }
 }
@@ -94,11 +132,11 @@ pub struct Router {
 }
 
 impl Router {
-    /// The service index for `host` (lower case, no port) and `path`.
+    /// The route for `host` (lower case, no port) and `path`.
     ///
     /// The most specific host that has a route for the path wins; within a
     /// host, the longest matching prefix wins.
-    pub fn route(&self, host: &str, path: &str) -> Option<u32> {
+    pub fn route(&self, host: &str, path: &str) -> Option<RouteTarget> {
         if let Some(service) = self.exact.get(host).and_then(|t| t.lookup(path)) {
             return Some(service);
         }
@@ -115,25 +153,34 @@ impl Router {
     }
 }
 
+/// Where a matched route sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Index into [`Snapshot::services`].
+    pub service: u32,
+    /// Whether plain HTTP requests are redirected to HTTPS.
+    pub https_redirect: bool,
+}
+
 /// The path prefixes of one host, longest first.
 #[derive(Debug, Default)]
 struct PathTable {
-    entries: Vec<(Box<str>, u32)>,
+    entries: Vec<(Box<str>, RouteTarget)>,
 }
 
 impl PathTable {
-    fn insert(&mut self, prefix: &str, service: u32) {
+    fn insert(&mut self, prefix: &str, target: RouteTarget) {
         let at = self
             .entries
             .partition_point(|(p, _)| p.len() >= prefix.len());
-        self.entries.insert(at, (prefix.into(), service));
+        self.entries.insert(at, (prefix.into(), target));
     }
 
-    fn lookup(&self, path: &str) -> Option<u32> {
+    fn lookup(&self, path: &str) -> Option<RouteTarget> {
         self.entries
             .iter()
             .find(|(prefix, _)| prefix_matches(prefix, path))
-            .map(|&(_, service)| service)
+            .map(|&(_, target)| target)
     }
 }
 
@@ -227,7 +274,20 @@ pub struct PoolRt {
     pub share: u32,
     /// Backend addresses.
     pub backends: Box<[SocketAddr]>,
+    /// TLS to the backends, if they speak HTTPS.
+    pub tls: Option<PoolTls>,
     next: AtomicUsize,
+}
+
+/// How a pool's backends are reached over TLS.
+#[derive(Debug)]
+pub struct PoolTls {
+    /// Name to send and verify; `None`: verify the backend's IP address.
+    pub sni: Option<String>,
+    /// Whether the certificate is verified.
+    pub verify: bool,
+    /// CA certificates to trust; `None`: the system roots.
+    pub ca: Option<Arc<CaType>>,
 }
 
 #[cfg(test)]
@@ -236,7 +296,7 @@ mod tests {
 
     fn snapshot(text: &str) -> Snapshot {
         let config = Config::parse(text, "t.toml").expect("valid config");
-        Snapshot::build(&config, 1)
+        Snapshot::build(&config, 1, &CaBundles::new())
     }
 
     const ROUTES: &str = r#"
@@ -274,7 +334,7 @@ backends = ["127.0.0.1:6"]
     fn route<'a>(s: &'a Snapshot, host: &str, path: &str) -> Option<&'a str> {
         s.router
             .route(host, path)
-            .map(|i| s.services[i as usize].name.as_str())
+            .map(|t| s.services[t.service as usize].name.as_str())
     }
 
     #[test]

@@ -1,0 +1,114 @@
+//! The SNI resolver: a prebuilt name -> certificate map behind an `ArcSwap`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::{CertInfo, LoadedCert};
+
+/// Which certificate serves which name; immutable once built.
+#[derive(Debug, Default)]
+pub struct CertTable {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the part after `*.`: `*.example.com` is `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+    infos: Vec<CertInfo>,
+}
+
+impl CertTable {
+    /// Builds the table. When two certificates cover the same name, the
+    /// first one listed serves it.
+    pub fn build(certs: &[LoadedCert]) -> CertTable {
+        let mut table = CertTable::default();
+        for cert in certs {
+            for name in &cert.info.names {
+                let map = match name.strip_prefix("*.") {
+                    Some(suffix) => table.wildcard.entry(suffix.to_string()),
+                    None => table.exact.entry(name.clone()),
+                };
+                map.or_insert_with(|| cert.key.clone());
+            }
+            if cert.info.default && table.default.is_none() {
+                table.default = Some(cert.key.clone());
+            }
+            table.infos.push(cert.info.clone());
+        }
+        table
+    }
+
+    /// The certificate for `sni` (lower case): an exact name, then a
+    /// wildcard covering its first label, then the default.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            if let Some(key) = self.exact.get(name) {
+                return Some(key);
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(key) = self.wildcard.get(parent) {
+                    return Some(key);
+                }
+            }
+        }
+        self.default.as_ref()
+    }
+
+    /// What is loaded, in configuration order.
+    pub fn infos(&self) -> &[CertInfo] {
+        &self.infos
+    }
+}
+
+/// The resolver the HTTPS listener asks on every handshake.
+#[derive(Debug, Default)]
+pub struct CertResolver {
+    table: ArcSwap<CertTable>,
+    unmatched: AtomicU64,
+}
+
+impl CertResolver {
+    /// A resolver serving `table`.
+    pub fn new(table: CertTable) -> CertResolver {
+        CertResolver {
+            table: ArcSwap::from_pointee(table),
+            unmatched: AtomicU64::new(0),
+        }
+    }
+
+    /// Serves `table` from the next handshake on; handshakes in progress
+    /// and established connections keep what they have.
+    pub fn store(&self, table: CertTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// The table being served.
+    pub fn table(&self) -> Arc<CertTable> {
+        self.table.load_full()
+    }
+
+    /// Handshakes refused because no certificate covered the name and no
+    /// default was set.
+    pub fn unmatched(&self) -> u64 {
+        self.unmatched.load(Ordering::Relaxed)
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.table.load();
+        let found = match hello.server_name() {
+            Some(name) if name.bytes().any(|b| b.is_ascii_uppercase()) => {
+                table.lookup(Some(&name.to_ascii_lowercase())).cloned()
+            }
+            name => table.lookup(name).cloned(),
+        };
+        if found.is_none() {
+            self.unmatched.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+}

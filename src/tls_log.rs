@@ -1,0 +1,108 @@
+//! TLS handshake failures: counted, and reported at most once a minute.
+//!
+//! Scanners and broken clients fail handshakes all day; one error line per
+//! failure would drown the log. The framework reports each failure as an
+//! error-level `log` record; [`QuietHandshakes`] takes those out of the log
+//! stream and counts them, and [`HandshakeReport`] writes one info line
+//! with the count and the latest reason at most once a minute.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Metadata};
+use tracing_subscriber::layer::{Context, Filter};
+
+/// Where the framework logs downstream handshake failures.
+const LISTENER_TARGET: &str = "pingora_core::services::listening";
+/// How often, at most, failures are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// TLS handshakes that failed since the process started.
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+/// The reason of the latest failure.
+static LAST_REASON: Mutex<String> = Mutex::new(String::new());
+
+/// Failed TLS handshakes since start (for metrics and the admin API).
+pub fn handshake_failures() -> u64 {
+    FAILURES.load(Ordering::Relaxed)
+}
+
+/// A log filter that swallows and counts handshake failure records.
+pub struct QuietHandshakes;
+
+impl<S> Filter<S> for QuietHandshakes {
+    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
+        if event.metadata().target() != LISTENER_TARGET {
+            return true;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if !message.0.starts_with("Downstream handshake") {
+            return true;
+        }
+        FAILURES.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = LAST_REASON.lock() {
+            *last = message.0;
+        }
+        false
+    }
+}
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            use fmt::Write;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+}
+
+/// Reports handshake failures: the first as soon as it happens, later ones
+/// summed up at most once a minute.
+pub struct HandshakeReport;
+
+#[async_trait]
+impl BackgroundService for HandshakeReport {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reported = 0;
+        let mut last_report: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let total = handshake_failures();
+            let due = last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+            if total > reported && due {
+                let last = LAST_REASON.lock().map(|l| l.clone()).unwrap_or_default();
+                tracing::info!(
+                    failed = total - reported,
+                    total,
+                    last = %last,
+                    "TLS handshakes failed since the last report"
+                );
+                reported = total;
+                last_report = Some(tokio::time::Instant::now());
+            }
+        }
+    }
+}
