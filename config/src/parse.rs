@@ -1091,7 +1091,7 @@ wat = 1
             errs,
             vec![
                 "t.toml:3:8: listen.http: invalid address \"localhost\"; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                "t.toml:4:1: listen.colour: unknown key; expected one of `http`",
+                "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
                 "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`",
