@@ -102,7 +102,7 @@ impl<'a> Walk<'a> {
         for (key, _) in table.iter() {
             if !allowed.contains(&key) {
                 let span = table.key(key).and_then(|k| k.span());
-                let message = match allowed.iter().find(|k| edit_distance(k, key) <= 2) {
+                let message = match allowed.iter().find(|k| looks_like(k, key)) {
                     Some(near) => format!("unknown key; did you mean `{near}`?"),
                     None => format!(
                         "unknown key; expected one of {}",
@@ -909,24 +909,35 @@ fn position(line_starts: &[usize], text: &str, span: Option<Range<usize>>) -> (u
     (line_index + 1, column)
 }
 
-/// Levenshtein distance, for "did you mean" hints on short key names.
+/// Edit distance counting a swap of neighbours as one edit (optimal string
+/// alignment), for "did you mean" hints on short key names.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
+}
+
+/// Whether `typed` is close enough to `known` to suggest it.
+fn looks_like(known: &str, typed: &str) -> bool {
+    let allowed = if known.len() <= 4 { 1 } else { 2 };
+    edit_distance(known, typed) <= allowed
 }
 
 fn first_key_span(table: &dyn TableLike) -> Option<Range<usize>> {
@@ -1094,7 +1105,7 @@ wat = 1
                 "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
-                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`",
+                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `tls`, `sni`, `ca`, `insecure_skip_verify`",
             ]
         );
     }
