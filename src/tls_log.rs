@@ -42,35 +42,43 @@ impl<S> Filter<S> for QuietHandshakes {
     }
 
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
-        if event.metadata().target() != LISTENER_TARGET {
+        // Bridged `log` records all share the target "log"; the original
+        // target travels in the `log.target` field.
+        if event.metadata().target() != "log" {
             return true;
         }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        if !message.0.starts_with("Downstream handshake") {
+        let mut fields = LogFields::default();
+        event.record(&mut fields);
+        if fields.target != LISTENER_TARGET || !fields.message.starts_with("Downstream handshake") {
             return true;
         }
         FAILURES.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = LAST_REASON.lock() {
-            *last = message.0;
+            *last = fields.message;
         }
         false
     }
 }
 
-struct Message(String);
+#[derive(Default)]
+struct LogFields {
+    target: String,
+    message: String,
+}
 
-impl Visit for Message {
+impl Visit for LogFields {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             use fmt::Write;
-            let _ = write!(self.0, "{value:?}");
+            let _ = write!(self.message, "{value:?}");
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.push_str(value);
+        match field.name() {
+            "message" => self.message.push_str(value),
+            "log.target" => self.target.push_str(value),
+            _ => {}
         }
     }
 }

@@ -90,6 +90,15 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream on an ephemeral loopback port.
     pub async fn start(name: &str) -> Upstream {
+        Self::start_inner(name, None).await
+    }
+
+    /// Starts an HTTPS upstream serving `tls`.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_inner(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -116,15 +125,30 @@ impl Upstream {
                 };
                 connections.fetch_add(1, Ordering::SeqCst);
                 let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
                         async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                    }
                 });
                 tasks.lock().expect("tasks").push(conn.abort_handle());
             }
@@ -204,31 +228,78 @@ async fn answer(
 pub struct Proxy {
     /// The plain HTTP listener.
     pub addr: SocketAddr,
+    /// The HTTPS listener, if started with one.
+    pub https: Option<SocketAddr>,
     /// The config file it runs.
     pub config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
     header: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// How to start a [`Proxy`].
+pub struct ProxyOptions {
+    /// The `[server]` table's contents.
+    pub server: String,
+    /// Whether to add an HTTPS listener (the body must then configure
+    /// `[[tls.certificates]]`).
+    pub https: bool,
+    /// Arguments before `run` (global flags such as `--log-format json`).
+    pub global_args: Vec<String>,
+    /// The directory for the config file and logs (a new one by default),
+    /// so tests can put certificate files there first.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            server: "grace_period = \"5s\"\n".into(),
+            https: false,
+            global_args: Vec::new(),
+            dir: None,
+        }
+    }
 }
 
 impl Proxy {
     /// Starts the proxy with `body` (everything but `[listen]` and
     /// `[server]`) and waits until it accepts connections.
     pub async fn start(body: &str) -> Proxy {
-        Self::start_with_server(body, "grace_period = \"5s\"\n").await
+        Self::start_with(body, ProxyOptions::default()).await
     }
 
     /// Like [`Proxy::start`], with the `[server]` table's contents.
     pub async fn start_with_server(body: &str, server: &str) -> Proxy {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let options = ProxyOptions {
+            server: server.into(),
+            ..ProxyOptions::default()
+        };
+        Self::start_with(body, options).await
+    }
+
+    /// Like [`Proxy::start`], with every option.
+    pub async fn start_with(body: &str, options: ProxyOptions) -> Proxy {
+        let dir = match options.dir {
+            Some(d) => d,
+            None => tempfile::tempdir().expect("temp dir"),
+        };
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let header = format!("[listen]\nhttp = \"{addr}\"\n\n[server]\n{server}\n");
+        let https: Option<SocketAddr> = options
+            .https
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
+        let https_line = https.map_or(String::new(), |a| format!("https = \"{a}\"\n"));
+        let header = format!(
+            "[listen]\nhttp = \"{addr}\"\n{https_line}\n[server]\n{}\n",
+            options.server
+        );
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, format!("{header}{body}")).expect("write config");
         let log_path = dir.path().join("switchyard.log");
         let log = File::create(&log_path).expect("log file");
         let child = Command::new(BIN)
+            .args(&options.global_args)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -239,20 +310,31 @@ impl Proxy {
             .expect("start switchyard");
         let mut proxy = Proxy {
             addr,
+            https,
             config_path,
             log_path,
             child: Some(child),
             header,
-            _dir: dir,
+            dir,
         };
         proxy.wait_ready().await;
         proxy
     }
 
+    /// The directory holding the config file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            let http = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+            let https = match self.https {
+                Some(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+                None => true,
+            };
+            if http && https {
                 return;
             }
             if let Some(status) = self.try_wait() {

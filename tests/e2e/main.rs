@@ -2,6 +2,7 @@
 //! servers on loopback, driven by a real HTTP client.
 
 mod harness;
+mod pki;
 
 mod check;
 mod failover;
@@ -10,6 +11,7 @@ mod reload;
 mod routing;
 mod shutdown;
 mod split;
+mod tls;
 
 use std::net::SocketAddr;
 
