@@ -500,3 +500,51 @@ fn client_hello(version: [u8; 2]) -> Vec<u8> {
     record.extend_from_slice(&handshake);
     record
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_adds_certificates_and_refuses_unusable_ones() {
+    let ca = TestCa::new();
+    let shop = ca.leaf(&["shop.example.com"]);
+    let api = ca.leaf(&["api.example.com"]);
+    let up = Upstream::start("s").await;
+    let proxy = tls_proxy(&[("shop", &shop, true)], &one_service(up.addr)).await;
+    let https = proxy.https.expect("https");
+    let served = |sni: &'static str| async move {
+        let spec = ClientSpec {
+            sni: Some(sni),
+            ..ClientSpec::default()
+        };
+        served_leaf(&tls_connect(https, spec).await.expect("handshake"))
+    };
+    assert!(
+        served("api.example.com").await == shop.der,
+        "the default before the reload"
+    );
+
+    // A reload naming a certificate file that does not exist is refused whole.
+    let certs = |extra: &str| {
+        format!(
+            "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n\
+             [[tls.certificates]]\ncert = \"{extra}.pem\"\nkey = \"{extra}.key\"\n\n{}",
+            one_service(up.addr)
+        )
+    };
+    proxy.write_in_place(&proxy.config_text(&certs("api")));
+    proxy
+        .wait_for_log("config reload rejected: files it names cannot be used")
+        .await;
+    assert!(
+        proxy.logs().contains("api.pem"),
+        "the log names the missing file"
+    );
+    assert!(served("api.example.com").await == shop.der);
+
+    // Once the files exist, the same config applies without another edit.
+    api.write(proxy.dir(), "api");
+    proxy.wait_for_log("generation=2 routes=").await;
+    assert!(
+        served("api.example.com").await == api.der,
+        "the added certificate serves its name"
+    );
+    assert!(served("shop.example.com").await == shop.der);
+}
