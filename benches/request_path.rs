@@ -12,7 +12,7 @@ use hyper::HeaderMap;
 
 use switchyard_config::Config;
 use switchyard_proxy::headers::{forwarded_for, hop_by_hop_names, request_host};
-use switchyard_proxy::{CaBundles, Snapshot};
+use switchyard_proxy::{CaBundles, HealthRegistry, Snapshot};
 
 /// A config with `hosts` exact hosts (two paths each), one wildcard and a
 /// catch-all, all pointing at a handful of services.
@@ -44,7 +44,12 @@ fn config_with_hosts(hosts: usize) -> Config {
 fn route_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_lookup");
     for hosts in [10usize, 1_000, 10_000] {
-        let snapshot = Snapshot::build(&config_with_hosts(hosts), 1, &CaBundles::new());
+        let snapshot = Snapshot::build(
+            &config_with_hosts(hosts),
+            1,
+            &CaBundles::new(),
+            &HealthRegistry::default(),
+        );
         let names: Vec<String> = (0..64)
             .map(|i| format!("host{}.example.com", (i * 7919) % hosts))
             .collect();
@@ -78,7 +83,12 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn pool_pick(c: &mut Criterion) {
-    let snapshot = Snapshot::build(&config_with_hosts(10), 1, &CaBundles::new());
+    let snapshot = Snapshot::build(
+        &config_with_hosts(10),
+        1,
+        &CaBundles::new(),
+        &HealthRegistry::default(),
+    );
     let service = &snapshot.services[0];
     c.bench_function("pool_pick/weighted_pool_and_backend", |b| {
         b.iter(|| {

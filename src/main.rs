@@ -20,6 +20,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use switchyard_config::{Config, LoadError};
 
+/// mimalloc keeps per-thread free lists and returns memory in small pages:
+/// fewer cycles per request and less memory per idle connection than the
+/// system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Edge reverse proxy for blue/green and canary deployments.
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about)]

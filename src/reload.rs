@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use switchyard_certs::{load_pair, CertResolver, CertTable, LoadedCert};
 use switchyard_config::Config;
-use switchyard_proxy::{SharedSnapshot, Snapshot};
+use switchyard_proxy::{HealthRegistry, SharedSnapshot, Snapshot};
 
 use crate::assets::{log_cert, Assets};
 use crate::error_chain;
@@ -31,10 +31,24 @@ use crate::error_chain;
 /// last event before reading the files.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// What generation 1 is served with, handed to the [`Reloader`].
+pub struct Serving {
+    /// The published snapshot.
+    pub snapshot: SharedSnapshot,
+    /// Backend health, carried from one generation to the next.
+    pub health: Arc<HealthRegistry>,
+    /// Present when the process has an HTTPS listener.
+    pub resolver: Option<Arc<CertResolver>>,
+    /// The certificates in the resolver, in config order.
+    pub certs: Vec<LoadedCert>,
+}
+
 /// Owns the config file, the published snapshot and the served certificates.
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
+    /// Backend health, carried from one generation to the next.
+    health: Arc<HealthRegistry>,
     /// Present when the process has an HTTPS listener.
     resolver: Option<Arc<CertResolver>>,
     early_hup: Arc<AtomicBool>,
@@ -61,21 +75,19 @@ struct State {
 
 impl Reloader {
     /// A controller for `path`, whose content `text` (valid, as `boot`) is
-    /// serving as generation 1 through `snapshot`, with `certs` in
-    /// `resolver`.
+    /// being served as generation 1 by `serving`.
     pub fn new(
         path: PathBuf,
         boot: Config,
         text: String,
-        snapshot: SharedSnapshot,
-        resolver: Option<Arc<CertResolver>>,
-        certs: Vec<LoadedCert>,
+        serving: Serving,
         early_hup: Arc<AtomicBool>,
     ) -> Self {
         Reloader {
             path,
-            snapshot,
-            resolver,
+            snapshot: serving.snapshot,
+            health: serving.health,
+            resolver: serving.resolver,
             early_hup,
             state: Mutex::new(State {
                 current: boot.clone(),
@@ -83,7 +95,7 @@ impl Reloader {
                 pending: None,
                 last_text: text,
                 generation: 1,
-                certs,
+                certs: serving.certs,
                 refused: HashMap::new(),
             }),
         }
@@ -92,6 +104,7 @@ impl Reloader {
     /// Looks at the config file and the certificate files and applies what
     /// changed and is valid.
     pub fn reload(&self, trigger: &str) {
+        let started = Instant::now();
         let Ok(mut state) = self.state.lock() else {
             tracing::error!("reload state is poisoned; reloads are disabled");
             return;
@@ -109,7 +122,7 @@ impl Reloader {
         };
         if state.last_text == text {
             if let Some(config) = state.pending.take() {
-                self.apply(&mut state, config, trigger);
+                self.apply(&mut state, config, trigger, started);
             } else {
                 if trigger == "SIGHUP" {
                     tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
@@ -121,7 +134,7 @@ impl Reloader {
         state.last_text = text;
         state.pending = None;
         match Config::parse(&state.last_text, &file) {
-            Ok(config) => self.apply(&mut state, config, trigger),
+            Ok(config) => self.apply(&mut state, config, trigger, started),
             Err(diags) => {
                 for d in &diags.0 {
                     tracing::error!(%trigger, "{d}");
@@ -135,7 +148,7 @@ impl Reloader {
     }
 
     /// Loads the files `config` names and, if all are good, serves it.
-    fn apply(&self, state: &mut State, config: Config, trigger: &str) {
+    fn apply(&self, state: &mut State, config: Config, trigger: &str, started: Instant) {
         let file = self.path.display().to_string();
         let assets = match Assets::load(&config) {
             Ok(a) => a,
@@ -155,8 +168,16 @@ impl Reloader {
             tracing::warn!(%file, "restart required: {change}; the running value is kept");
         }
         let generation = state.generation + 1;
-        self.snapshot
-            .store(Arc::new(Snapshot::build(&config, generation, &assets.cas)));
+        let previous = self.snapshot.swap(Arc::new(Snapshot::build(
+            &config,
+            generation,
+            &assets.cas,
+            &self.health,
+        )));
+        // Requests still holding the old generation keep its state alive;
+        // what only it referred to is forgotten once it is dropped here.
+        drop(previous);
+        self.health.prune();
         if let Some(resolver) = &self.resolver {
             let changed = assets.certs.len() != state.certs.len()
                 || assets
@@ -178,6 +199,7 @@ impl Reloader {
             %file, %trigger, generation,
             routes = config.routes.len(), services = config.services.len(),
             certificates = state.certs.len(),
+            took_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             "config applied"
         );
         state.current = config;

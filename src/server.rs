@@ -11,16 +11,24 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use switchyard_certs::{CertResolver, CertTable};
 use switchyard_config::Config;
-use switchyard_proxy::{InFlight, Proxy, Snapshot};
+use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
 
 use crate::assets::{log_cert, Assets};
-use crate::reload::Reloader;
+use crate::reload::{Reloader, Serving};
+
+/// Read buffer per client connection. The framework's default (64 KiB,
+/// allocated and zeroed at accept) makes every idle connection cost that
+/// much: measured, 110 KiB per idle TLS connection at 64 KiB, 63 at 16 KiB,
+/// 51 at 4 KiB, with no throughput difference (TLS reads 4 KiB at a time,
+/// and request heads are read into their own buffer).
+const CLIENT_READ_BUFFER: usize = 4 * 1024;
 
 /// Runs the proxy until it is told to stop; only returns on a startup error.
 pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result<Infallible> {
@@ -77,10 +85,12 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let health = Arc::new(HealthRegistry::default());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
         &config,
         1,
         &assets.cas,
+        &health,
     )));
     let in_flight = InFlight::default();
     tracing::info!(
@@ -98,7 +108,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         "switchyard proxy",
     );
     if let Some(http) = config.listen.http {
-        proxy.add_tcp(&http.to_string());
+        proxy.add_listener(ListenerConfig::tcp(http.to_string()).l4_buffer(buffers()));
         tracing::info!(%http, "listening for HTTP");
     }
     // The resolver exists only with an HTTPS listener; certificates are
@@ -111,22 +121,28 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
                 TlsSettings::intermediate("", "").context("cannot set up the HTTPS listener")?;
             tls.set_cert_resolver(resolver.clone());
             tls.enable_h2();
-            proxy.add_tls_with_settings(&https.to_string(), None, tls);
+            proxy.add_listener(
+                ListenerConfig::tcp(https.to_string())
+                    .tls(tls)
+                    .l4_buffer(buffers()),
+            );
             tracing::info!(%https, "listening for HTTPS (HTTP/2 and HTTP/1.1)");
             Some(resolver)
         }
     };
     server.add_service(proxy);
 
-    let reloader = Reloader::new(
-        config_path,
-        config,
-        text,
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(snapshot.clone()),
+    ));
+    let serving = Serving {
         snapshot,
-        resolver.clone(),
-        assets.certs,
-        early_hup,
-    );
+        health,
+        resolver: resolver.clone(),
+        certs: assets.certs,
+    };
+    let reloader = Reloader::new(config_path, config, text, serving, early_hup);
     server.add_service(background_service("config reload", reloader));
     server.add_service(background_service(
         "shutdown",
@@ -141,6 +157,10 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
 
     server.run(RunArgs::default());
     std::process::exit(0)
+}
+
+fn buffers() -> L4BufferSettings {
+    L4BufferSettings::new(CLIENT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
 /// Ends a graceful shutdown as soon as the last in-flight request is done,

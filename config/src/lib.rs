@@ -152,6 +152,102 @@ pub struct Service {
     /// How long one connection attempt to a backend may take before the
     /// next backend is tried.
     pub connect_timeout: Duration,
+    /// Passive ejection of failing backends; `None` when disabled.
+    pub outlier: Option<Outlier>,
+    /// Window over which a backend back in rotation ramps up to its full
+    /// share; `None` for no ramp.
+    pub slow_start: Option<Duration>,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Time between probes of one backend.
+    pub interval: Duration,
+    /// How long a probe may take.
+    pub timeout: Duration,
+    /// Passing probes in a row that make an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+    /// Failing probes in a row that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Random spread added to each interval, so probes do not align.
+    pub jitter: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::Http(HttpCheck::default()),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            jitter: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The kind of probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// An HTTP request whose status must be one of the expected ones.
+    Http(HttpCheck),
+    /// A TCP connection that must be accepted.
+    Tcp,
+}
+
+/// An HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Request path.
+    pub path: String,
+    /// Request method.
+    pub method: String,
+    /// `Host` header; `None` sends the backend address.
+    pub host: Option<String>,
+    /// Statuses that pass; empty means any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        HttpCheck {
+            path: "/".into(),
+            method: "GET".into(),
+            host: None,
+            expect_status: Vec::new(),
+        }
+    }
+}
+
+/// Passive ejection (outlier detection) from live traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    /// Failures in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// Whether 5xx responses count as failures (connection failures always do).
+    pub include_5xx: bool,
+    /// First ejection time; each further ejection doubles it.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Most of a pool that may be ejected at once, in percent. The last
+    /// available backend of a pool is never ejected.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            include_5xx: false,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
 }
 
 /// A named group of interchangeable backends (one version of a service).
@@ -165,6 +261,9 @@ pub struct Pool {
     pub backends: Vec<SocketAddr>,
     /// TLS to the backends, if they speak HTTPS.
     pub tls: Option<UpstreamTls>,
+    /// The pool's active health check (its own, or else the service's);
+    /// `None` for no active checks.
+    pub health: Option<HealthCheck>,
 }
 
 impl Config {

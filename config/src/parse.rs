@@ -13,8 +13,8 @@ use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
-    CertificateFiles, Config, Diagnostic, Diagnostics, HostMatch, Hsts, Listen, Pool, Route,
-    ServerSettings, Service, Tls, UpstreamTls,
+    CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics, HealthCheck, HostMatch, Hsts,
+    HttpCheck, Listen, Outlier, Pool, Route, ServerSettings, Service, Tls, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -485,8 +485,52 @@ impl<'a> Walk<'a> {
         path: &str,
     ) -> Option<Service> {
         let table = self.table(item, span.clone(), path)?;
-        self.known_keys(table, path, &["split", "pools", "connect_timeout"]);
+        self.known_keys(
+            table,
+            path,
+            &[
+                "split",
+                "pools",
+                "connect_timeout",
+                "health",
+                "outlier",
+                "slow_start",
+            ],
+        );
         let anchor = item.span().or(span);
+        let mut extras_ok = true;
+        let health = match table.get("health") {
+            None => None,
+            Some(v) => {
+                let h = self.health_check(v, &join(path, "health"));
+                extras_ok &= h.is_some();
+                h
+            }
+        };
+        let outlier = match table.get("outlier") {
+            None => Some(Outlier::default()),
+            Some(v) => {
+                let o = self.outlier(v, &join(path, "outlier"));
+                extras_ok &= o.is_some();
+                o.flatten()
+            }
+        };
+        let mut slow_start = None;
+        if let Some(v) = table.get("slow_start") {
+            let key = join(path, "slow_start");
+            match self.duration(v, &key) {
+                Some(d) if d > Duration::ZERO => slow_start = Some(d),
+                Some(_) => {
+                    self.error(
+                        v.span(),
+                        &key,
+                        "must be more than zero (leave it out for none)",
+                    );
+                    extras_ok = false;
+                }
+                None => extras_ok = false,
+            }
+        }
 
         let mut connect_timeout = Some(DEFAULT_CONNECT_TIMEOUT);
         if let Some(v) = table.get("connect_timeout") {
@@ -543,11 +587,273 @@ impl<'a> Walk<'a> {
         if !(pools_ok && split_ok) {
             return None;
         }
+        if !extras_ok {
+            return None;
+        }
         Some(Service {
             name: name.to_string(),
-            pools: pools.into_values().map(|(pool, _)| pool).collect(),
+            pools: pools
+                .into_values()
+                .map(|(mut pool, _)| {
+                    if pool.health.is_none() {
+                        pool.health = health.clone();
+                    }
+                    pool
+                })
+                .collect(),
             connect_timeout: connect_timeout?,
+            outlier,
+            slow_start,
         })
+    }
+
+    /// An active health check table (`[...health]`).
+    fn health_check(&mut self, item: &Item, path: &str) -> Option<HealthCheck> {
+        let table = self.table(item, None, path)?;
+        self.known_keys(
+            table,
+            path,
+            &[
+                "type",
+                "path",
+                "method",
+                "host",
+                "expect_status",
+                "interval",
+                "timeout",
+                "healthy_threshold",
+                "unhealthy_threshold",
+                "jitter",
+            ],
+        );
+        let mut ok = true;
+        let mut check = HealthCheck::default();
+        let kind = match table.get("type") {
+            None => Some("http"),
+            Some(v) => self.string(v, &join(path, "type")),
+        };
+        let http = match kind {
+            Some("http") => true,
+            Some("tcp") => false,
+            Some(other) => {
+                self.error(
+                    table.get("type").and_then(|v| v.span()),
+                    &join(path, "type"),
+                    format!("unknown check type {other:?}; expected \"http\" or \"tcp\""),
+                );
+                return None;
+            }
+            None => return None,
+        };
+        let mut http_check = HttpCheck::default();
+        for key in ["path", "method", "host", "expect_status"] {
+            if let (false, Some(v)) = (http, table.get(key)) {
+                self.error(
+                    v.span(),
+                    &join(path, key),
+                    "only for `type = \"http\"` checks",
+                );
+                ok = false;
+            }
+        }
+        if let Some(v) = table.get("path") {
+            let key = join(path, "path");
+            match self.string(v, &key) {
+                Some(p)
+                    if p.starts_with('/')
+                        && !p.bytes().any(|b| b.is_ascii_control() || b == b' ') =>
+                {
+                    http_check.path = p.to_string()
+                }
+                Some(p) => {
+                    self.error(
+                        v.span(),
+                        &key,
+                        format!("invalid path {p:?}: must start with '/' and have no spaces"),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("method") {
+            let key = join(path, "method");
+            match self.string(v, &key) {
+                Some(m @ ("GET" | "HEAD" | "OPTIONS")) => http_check.method = m.to_string(),
+                Some(m) => {
+                    self.error(
+                        v.span(),
+                        &key,
+                        format!("unsupported method {m:?}; use \"GET\", \"HEAD\" or \"OPTIONS\""),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("host") {
+            let key = join(path, "host");
+            match self.string(v, &key).map(host_match) {
+                Some(Ok(HostMatch::Exact(h))) => http_check.host = Some(h),
+                Some(_) => {
+                    self.error(
+                        v.span(),
+                        &key,
+                        "expected a host name such as \"shop.internal\"",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("expect_status") {
+            let key = join(path, "expect_status");
+            match v.as_array() {
+                Some(arr) if !arr.is_empty() => {
+                    let mut codes = Vec::new();
+                    for (i, code) in arr.iter().enumerate() {
+                        match code.as_integer() {
+                            Some(c @ 100..=599) => codes.push(c as u16),
+                            _ => {
+                                self.error(
+                                    code.span(),
+                                    &format!("{key}[{i}]"),
+                                    "expected an HTTP status code (100 to 599)",
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    http_check.expect_status = codes;
+                }
+                _ => {
+                    self.error(
+                        v.span(),
+                        &key,
+                        "expected a non-empty array of status codes, e.g. [200, 204]",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        check.kind = if http {
+            CheckKind::Http(http_check)
+        } else {
+            CheckKind::Tcp
+        };
+        let mut duration = |w: &mut Self, key: &str, slot: &mut Duration| {
+            if let Some(v) = table.get(key) {
+                let k = join(path, key);
+                match w.duration(v, &k) {
+                    Some(d) if d > Duration::ZERO || key == "jitter" => *slot = d,
+                    Some(_) => {
+                        w.error(v.span(), &k, "must be more than zero");
+                        ok = false;
+                    }
+                    None => ok = false,
+                }
+            }
+        };
+        duration(self, "interval", &mut check.interval);
+        duration(self, "timeout", &mut check.timeout);
+        check.jitter = check.interval / 10;
+        duration(self, "jitter", &mut check.jitter);
+        for (key, slot) in [
+            ("healthy_threshold", &mut check.healthy_threshold),
+            ("unhealthy_threshold", &mut check.unhealthy_threshold),
+        ] {
+            if let Some(v) = table.get(key) {
+                match self.integer(v, &join(path, key), 1..101) {
+                    Some(n) => *slot = n as u32,
+                    None => ok = false,
+                }
+            }
+        }
+        if ok && check.timeout > check.interval {
+            self.error(
+                table.get("timeout").and_then(|v| v.span()).or(item.span()),
+                &join(path, "timeout"),
+                format!(
+                    "{} is longer than the interval ({}); a check must end before the next starts",
+                    humantime::format_duration(check.timeout),
+                    humantime::format_duration(check.interval)
+                ),
+            );
+            ok = false;
+        }
+        ok.then_some(check)
+    }
+
+    /// Passive ejection settings; `Some(None)` when disabled.
+    fn outlier(&mut self, item: &Item, path: &str) -> Option<Option<Outlier>> {
+        let table = self.table(item, None, path)?;
+        self.known_keys(
+            table,
+            path,
+            &[
+                "enabled",
+                "consecutive_failures",
+                "include_5xx",
+                "base_ejection",
+                "max_ejection",
+                "max_ejected_percent",
+            ],
+        );
+        let mut ok = true;
+        let mut outlier = Outlier::default();
+        let mut enabled = true;
+        if let Some(v) = table.get("enabled") {
+            match self.boolean(v, &join(path, "enabled")) {
+                Some(b) => enabled = b,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("include_5xx") {
+            match self.boolean(v, &join(path, "include_5xx")) {
+                Some(b) => outlier.include_5xx = b,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("consecutive_failures") {
+            match self.integer(v, &join(path, "consecutive_failures"), 1..1001) {
+                Some(n) => outlier.consecutive_failures = n as u32,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = table.get("max_ejected_percent") {
+            match self.integer(v, &join(path, "max_ejected_percent"), 0..101) {
+                Some(n) => outlier.max_ejected_percent = n as u32,
+                None => ok = false,
+            }
+        }
+        for (key, slot) in [
+            ("base_ejection", &mut outlier.base_ejection),
+            ("max_ejection", &mut outlier.max_ejection),
+        ] {
+            if let Some(v) = table.get(key) {
+                let k = join(path, key);
+                match self.duration(v, &k) {
+                    Some(d) if d > Duration::ZERO => *slot = d,
+                    Some(_) => {
+                        self.error(v.span(), &k, "must be more than zero");
+                        ok = false;
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        if ok && outlier.max_ejection < outlier.base_ejection {
+            self.error(
+                table
+                    .get("max_ejection")
+                    .and_then(|v| v.span())
+                    .or(item.span()),
+                &join(path, "max_ejection"),
+                "must not be shorter than base_ejection",
+            );
+            ok = false;
+        }
+        ok.then_some(enabled.then_some(outlier))
     }
 
     /// Applies `split` to `pools`; returns whether it was valid.
@@ -648,9 +954,20 @@ impl<'a> Walk<'a> {
         self.known_keys(
             table,
             path,
-            &["backends", "tls", "sni", "ca", "insecure_skip_verify"],
+            &[
+                "backends",
+                "tls",
+                "sni",
+                "ca",
+                "insecure_skip_verify",
+                "health",
+            ],
         );
         let tls = self.upstream_tls(table, path);
+        let health = match table.get("health") {
+            None => Some(None),
+            Some(v) => self.health_check(v, &join(path, "health")).map(Some),
+        };
         let key = join(path, "backends");
         let Some(backends_item) = table.get("backends") else {
             self.error(
@@ -689,11 +1006,13 @@ impl<'a> Walk<'a> {
             backends.push(addr);
         }
         let tls = tls?;
+        let health = health?;
         ok.then(|| Pool {
             name: name.to_string(),
             share: 0,
             backends,
             tls,
+            health,
         })
     }
 
@@ -1107,7 +1426,7 @@ wat = 1
                 "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
-                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `tls`, `sni`, `ca`, `insecure_skip_verify`",
+                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `tls`, `sni`, `ca`, `insecure_skip_verify`, `health`",
             ]
         );
     }

@@ -10,8 +10,10 @@
 //! Start reading at [`proxy`] (the request phases), then [`snapshot`].
 
 pub mod headers;
+pub mod health;
 pub mod proxy;
 pub mod snapshot;
 
+pub use health::{BackendReport, BackendState, HealthChecker, HealthRegistry};
 pub use proxy::{InFlight, Proxy, RequestCtx, SharedSnapshot};
 pub use snapshot::{CaBundles, RouteTarget, Router, Snapshot};

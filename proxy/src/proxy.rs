@@ -19,6 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -84,6 +85,8 @@ pub struct RequestCtx {
     pool: u16,
     /// The backend of the current attempt.
     current: Option<(u16, u32)>,
+    /// The backend of the latest attempt (kept after a failure).
+    last: Option<(u16, u32)>,
     /// Backends that failed for this request (allocates only on failure).
     tried: Vec<(u16, u32)>,
     _in_flight: InFlightGuard,
@@ -95,13 +98,38 @@ impl RequestCtx {
             .and_then(|i| self.snapshot.services.get(i as usize))
     }
 
-    /// Records the current backend as failed; whether another one is left.
-    fn fail_current(&mut self) -> bool {
+    /// Records the current backend as failed (for this request, and as
+    /// evidence for passive ejection); whether another one is left.
+    fn fail_current(&mut self, reason: &dyn std::fmt::Display) -> bool {
         if let Some(current) = self.current.take() {
             self.tried.push(current);
+            self.record_outcome(current, Some(reason));
         }
         self.service()
             .is_some_and(|s| s.has_untried(self.pool, &self.tried))
+    }
+
+    /// Feeds passive health: `failure` is `None` for a good answer.
+    fn record_outcome(&self, (pool, backend): (u16, u32), failure: Option<&dyn std::fmt::Display>) {
+        let Some(service) = self.service() else {
+            return;
+        };
+        let Some(outlier) = &service.outlier else {
+            return;
+        };
+        let Some(pool_rt) = service.pools.get(pool as usize) else {
+            return;
+        };
+        let Some(b) = pool_rt.backends.get(backend as usize) else {
+            return;
+        };
+        match failure {
+            None => b.health.record_success(),
+            Some(reason) => {
+                b.health
+                    .record_failure(outlier, &pool_rt.backends, &reason.to_string())
+            }
+        }
     }
 
     fn service_name(&self) -> &str {
@@ -153,6 +181,7 @@ impl ProxyHttp for Proxy {
             service: None,
             pool: 0,
             current: None,
+            last: None,
             tried: Vec::new(),
             _in_flight: self.in_flight.enter(),
         }
@@ -207,23 +236,13 @@ impl ProxyHttp for Proxy {
             ));
         };
         let pool_rt = &service.pools[pool as usize];
-        let addr = pool_rt.backends[backend as usize];
-        let mut peer = match &pool_rt.tls {
-            None => HttpPeer::new(addr, false, String::new()),
-            Some(tls) => {
-                // Without a name, the backend's IP address is what the
-                // certificate must cover (an empty SNI would skip checks).
-                let sni = tls.sni.clone().unwrap_or_else(|| addr.ip().to_string());
-                let mut peer = HttpPeer::new(addr, true, sni);
-                peer.options.verify_cert = tls.verify;
-                peer.options.verify_hostname = tls.verify;
-                peer.options.ca = tls.ca.clone();
-                peer
-            }
-        };
-        peer.options.connection_timeout = Some(service.connect_timeout);
+        let peer = pool_rt.peer(
+            pool_rt.backends[backend as usize].addr,
+            service.connect_timeout,
+        );
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
+        ctx.last = Some((pool, backend));
         Ok(Box::new(peer))
     }
 
@@ -235,7 +254,7 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent yet, so any method may go to another backend.
-        if ctx.fail_current() {
+        if ctx.fail_current(&e) {
             e.set_retry(true);
         }
         e
@@ -250,7 +269,16 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let untried_left = ctx.fail_current();
+        let untried_left = if e.esource() == &ErrorSource::Upstream {
+            ctx.fail_current(&e)
+        } else {
+            // The client failed, not the backend: no evidence against it.
+            if let Some(current) = ctx.current.take() {
+                ctx.tried.push(current);
+            }
+            ctx.service()
+                .is_some_and(|s| s.has_untried(ctx.pool, &ctx.tried))
+        };
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.as_ref().response_written().is_none();
@@ -283,19 +311,15 @@ impl ProxyHttp for Proxy {
             let xff = forwarded_for(&upstream_request.headers, &client.ip().to_string());
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
-        upstream_request
-            .insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        let host = upstream_request
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                upstream_request
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
+        upstream_request.insert_header(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        )?;
+        // Cloning a header value shares its bytes; no copy for the common case.
+        let host = match upstream_request.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => upstream_request.headers.get(http::header::HOST).cloned(),
+        };
         if let Some(host) = host {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
@@ -308,6 +332,18 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(last) = ctx.last {
+            let status = upstream_response.status.as_u16();
+            let counts_5xx = ctx
+                .service()
+                .and_then(|s| s.outlier.as_ref())
+                .is_some_and(|o| o.include_5xx);
+            if status >= 500 && counts_5xx {
+                ctx.record_outcome(last, Some(&format_args!("status {status}")));
+            } else {
+                ctx.record_outcome(last, None);
+            }
+        }
         if ctx.tls {
             if let Some(hsts) = &ctx.snapshot.hsts {
                 upstream_response.insert_header("strict-transport-security", hsts.clone())?;
@@ -321,6 +357,15 @@ impl ProxyHttp for Proxy {
             upstream_response.insert_header("connection", "upgrade")?;
         }
         Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that went away is not an error of ours.
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
     }
 
     async fn fail_to_proxy(

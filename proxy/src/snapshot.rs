@@ -14,8 +14,11 @@ use std::time::Duration;
 use ahash::RandomState;
 use http::HeaderValue;
 use pingora_core::protocols::tls::CaType;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
-use switchyard_config::{Config, HostMatch};
+use switchyard_config::{Config, HealthCheck, HostMatch, Outlier};
+
+use crate::health::{BackendHealth, HealthRegistry, ServiceHealth};
 
 /// CA certificates (DER) to trust for upstream TLS, by the `ca` file they
 /// were read from; loaded and checked before a snapshot is built.
@@ -39,8 +42,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles `config` into a snapshot tagged with `generation`. `cas`
     /// holds every `ca` file the pools name; a pool whose file is missing
-    /// from it trusts the system roots.
-    pub fn build(config: &Config, generation: u64, cas: &CaBundles) -> Snapshot {
+    /// from it trusts the system roots. Backends take their health state
+    /// from `health`, so state carries over from earlier generations.
+    pub fn build(
+        config: &Config,
+        generation: u64,
+        cas: &CaBundles,
+        health: &HealthRegistry,
+    ) -> Snapshot {
         let index: HashMap<&str, u32> = config
             .services
             .iter()
@@ -76,7 +85,15 @@ impl Snapshot {
                     .map(|p| PoolRt {
                         name: p.name.clone(),
                         share: p.share,
-                        backends: p.backends.clone().into_boxed_slice(),
+                        backends: p
+                            .backends
+                            .iter()
+                            .map(|&addr| BackendRt {
+                                addr,
+                                health: health.backend(&s.name, &p.name, addr),
+                            })
+                            .collect(),
+                        health_check: p.health.clone(),
                         tls: p.tls.as_ref().map(|t| PoolTls {
                             sni: t.sni.clone(),
                             verify: t.verify,
@@ -103,6 +120,9 @@ impl Snapshot {
                     pools,
                     fallback: by_share.into_boxed_slice(),
                     connect_timeout: s.connect_timeout,
+                    outlier: s.outlier.clone(),
+                    slow_start: s.slow_start,
+                    health: health.service(&s.name),
                 }
             })
             .collect();
@@ -206,13 +226,26 @@ pub struct ServiceRt {
     pub fallback: Box<[u16]>,
     /// Budget for one connection attempt.
     pub connect_timeout: Duration,
+    /// Passive ejection settings, if enabled.
+    pub outlier: Option<Outlier>,
+    /// Ramp-up window for backends back in rotation.
+    pub slow_start: Option<Duration>,
+    /// Service-wide health (panic mode).
+    pub health: Arc<ServiceHealth>,
 }
 
 impl ServiceRt {
     /// The pool whose share covers `ticket`, a number in `0..total_share`.
     pub fn pool_for(&self, ticket: u32) -> u16 {
+        self.pool_for_among(ticket, |_| true)
+    }
+
+    fn pool_for_among(&self, ticket: u32, counts: impl Fn(&PoolRt) -> bool) -> u16 {
         let mut left = ticket;
         for (i, pool) in self.pools.iter().enumerate() {
+            if pool.share == 0 || !counts(pool) {
+                continue;
+            }
             if left < pool.share {
                 return i as u16;
             }
@@ -222,35 +255,75 @@ impl ServiceRt {
         self.fallback.first().copied().unwrap_or(0)
     }
 
-    /// A weighted random pool.
+    /// A weighted random pool among those with an available backend; a
+    /// pool with none lends its share to the others in proportion. With no
+    /// backend available anywhere the service is in panic mode and the
+    /// configured shares apply to every backend.
     pub fn pick_pool(&self) -> u16 {
         use rand::RngExt;
-        let ticket = rand::rng().random_range(0..self.total_share.max(1));
-        self.pool_for(ticket)
-    }
-
-    /// The next backend to try: the chosen pool first (round robin), then
-    /// the other pools that get traffic; never one in `tried`.
-    pub fn next_backend(&self, pool: u16, tried: &[(u16, u32)]) -> Option<(u16, u32)> {
-        if let Some(b) = self.next_in_pool(pool, tried) {
-            return Some((pool, b));
-        }
-        self.fallback
+        let available = |p: &PoolRt| p.backends.iter().any(|b| b.health.available());
+        let total: u32 = self
+            .pools
             .iter()
-            .filter(|&&p| p != pool)
-            .find_map(|&p| self.next_in_pool(p, tried).map(|b| (p, b)))
+            .filter(|p| p.share > 0 && available(p))
+            .map(|p| p.share)
+            .sum();
+        if total == 0 {
+            self.health.set_panic(true);
+            let ticket = rand::rng().random_range(0..self.total_share.max(1));
+            return self.pool_for(ticket);
+        }
+        self.health.set_panic(false);
+        let ticket = rand::rng().random_range(0..total);
+        self.pool_for_among(ticket, available)
     }
 
-    fn next_in_pool(&self, pool: u16, tried: &[(u16, u32)]) -> Option<u32> {
+    /// The next backend to try: available backends first (the chosen pool
+    /// round robin, then the other pools that get traffic), then, once those
+    /// are exhausted or in panic mode, any backend not yet tried.
+    pub fn next_backend(&self, pool: u16, tried: &[(u16, u32)]) -> Option<(u16, u32)> {
+        let order = || {
+            std::iter::once(pool).chain(self.fallback.iter().copied().filter(move |&p| p != pool))
+        };
+        let panic = self.health.in_panic();
+        if !panic {
+            if let Some(found) =
+                order().find_map(|p| self.next_in_pool(p, tried, true).map(|b| (p, b)))
+            {
+                return Some(found);
+            }
+        }
+        order().find_map(|p| self.next_in_pool(p, tried, false).map(|b| (p, b)))
+    }
+
+    fn next_in_pool(&self, pool: u16, tried: &[(u16, u32)], available_only: bool) -> Option<u32> {
         let p = self.pools.get(pool as usize)?;
         let n = p.backends.len();
         if n == 0 {
             return None;
         }
         let start = p.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|k| ((start + k) % n) as u32)
-            .find(|&b| !tried.contains(&(pool, b)))
+        let mut ramping = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let b = &p.backends[i];
+            if tried.contains(&(pool, i as u32)) || (available_only && !b.health.available()) {
+                continue;
+            }
+            if let Some(window) = self.slow_start {
+                let ramp = b.health.ramp(window);
+                if ramp < 1.0 {
+                    use rand::RngExt;
+                    // Take it with a probability that grows over the window.
+                    if rand::rng().random::<f64>() >= ramp.max(0.05) {
+                        ramping.get_or_insert(i as u32);
+                        continue;
+                    }
+                }
+            }
+            return Some(i as u32);
+        }
+        ramping
     }
 
     /// Whether any backend that could take this request is not in `tried`.
@@ -272,11 +345,43 @@ pub struct PoolRt {
     pub name: String,
     /// Relative share of the service's traffic.
     pub share: u32,
-    /// Backend addresses.
-    pub backends: Box<[SocketAddr]>,
+    /// The pool's backends.
+    pub backends: Box<[BackendRt]>,
     /// TLS to the backends, if they speak HTTPS.
     pub tls: Option<PoolTls>,
+    /// The active health check, if any.
+    pub health_check: Option<HealthCheck>,
     next: AtomicUsize,
+}
+
+impl PoolRt {
+    /// The peer for `addr` of this pool: plain or TLS as configured.
+    pub fn peer(&self, addr: SocketAddr, connect_timeout: Duration) -> HttpPeer {
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(tls) => {
+                // Without a name, the backend's IP address is what the
+                // certificate must cover (an empty SNI would skip checks).
+                let sni = tls.sni.clone().unwrap_or_else(|| addr.ip().to_string());
+                let mut peer = HttpPeer::new(addr, true, sni);
+                peer.options.verify_cert = tls.verify;
+                peer.options.verify_hostname = tls.verify;
+                peer.options.ca = tls.ca.clone();
+                peer
+            }
+        };
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer
+    }
+}
+
+/// A backend as the request path sees it.
+#[derive(Debug)]
+pub struct BackendRt {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its health, shared with earlier and later generations.
+    pub health: Arc<BackendHealth>,
 }
 
 /// How a pool's backends are reached over TLS.
@@ -296,7 +401,7 @@ mod tests {
 
     fn snapshot(text: &str) -> Snapshot {
         let config = Config::parse(text, "t.toml").expect("valid config");
-        Snapshot::build(&config, 1, &CaBundles::new())
+        Snapshot::build(&config, 1, &CaBundles::new(), &HealthRegistry::default())
     }
 
     const ROUTES: &str = r#"
@@ -398,7 +503,7 @@ backends = ["127.0.0.1:5"]
         }
         let addrs: Vec<String> = tried
             .iter()
-            .map(|&(p, b)| svc.pools[p as usize].backends[b as usize].to_string())
+            .map(|&(p, b)| svc.pools[p as usize].backends[b as usize].addr.to_string())
             .collect();
         assert_eq!(addrs.len(), 3, "{addrs:?}");
         assert_eq!(

@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Load comparison: Switchyard against nginx, HAProxy and a bare pingora proxy.
+
+Every proxy does the same plain forwarding to the same cheap upstream, with
+one worker, pinned to CPU 0; the load generator and the upstream share
+CPU 1, so the numbers read as "per core". Proxies take turns within each
+round (A B C D, A B C D, ...) and the median over rounds is reported, with
+the ratio of Switchyard to each peer.
+
+Run it through benches/compare.sh, which installs the tools and builds the
+binaries. Results go to benches/results/latest.{md,json}.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+SNI = "bench.example.com"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Proc:
+    """A started process, stopped (with its children) on close."""
+
+    def __init__(self, name, argv, log, cpu=None, env=None):
+        if cpu is not None:
+            argv = ["taskset", "-c", cpu] + argv
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.bin = Path(args.bin_dir)
+        self.work = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+        # nginx workers run as an unprivileged user and must read the files.
+        self.work.chmod(0o755)
+        self.procs = []
+        self.log = open(self.work / "processes.log", "w")
+        self.quick = args.quick
+        self.duration = 2 if self.quick else args.duration
+        self.rounds = 1 if self.quick else args.rounds
+        self.idle_conns = 1000 if self.quick else 5000
+
+    # ---------------------------------------------------------------- setup
+
+    def start(self, name, argv, port, cpu=PROXY_CPU, env=None):
+        p = Proc(name, argv, self.log, cpu=cpu, env=env)
+        self.procs.append(p)
+        wait_port(port, p.proc, name)
+        return p
+
+    def stop(self, p):
+        p.close()
+        self.procs.remove(p)
+
+    def close(self):
+        for p in list(self.procs):
+            p.close()
+        self.log.close()
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def make_cert(self):
+        self.cert = self.work / "cert.pem"
+        self.key = self.work / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(self.key), "-out", str(self.cert), "-days", "3",
+             "-subj", f"/CN={SNI}", "-addext", f"subjectAltName=DNS:{SNI}"],
+            check=True, capture_output=True,
+        )
+        self.combined = self.work / "combined.pem"
+        self.combined.write_text(self.cert.read_text() + self.key.read_text())
+
+    def start_upstream(self):
+        self.up_port = free_port()
+        root = self.work / "www"
+        root.mkdir()
+        (root / "big").write_bytes(b"x" * 100_000)
+        conf = self.work / "upstream.conf"
+        conf.write_text(f"""
+daemon off; worker_processes 1; error_log {self.work}/upstream-error.log; pid {self.work}/upstream.pid;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{self.up_port} backlog=4096 reuseport;
+    location = /small {{ default_type text/plain; return 200 "ok\\n"; }}
+    location = /big {{ root {root}; }}
+  }}
+}}
+""")
+        self.start("upstream", ["nginx", "-c", str(conf)], self.up_port, cpu=LOAD_CPU)
+
+    # -------------------------------------------------------------- proxies
+
+    def proxy_argv(self, name, http, https):
+        """argv and readiness port for proxy `name` on the given ports."""
+        up = f"127.0.0.1:{self.up_port}"
+        if name == "switchyard":
+            conf = self.work / "switchyard.toml"
+            conf.write_text(switchyard_config(http, https, up, self.cert, self.key, routes=10))
+            return [str(self.bin / "switchyard"), "run", "--config", str(conf)]
+        if name == "pingora-floor":
+            return [str(self.bin / "examples" / "pingora-floor"), f"127.0.0.1:{http}", up,
+                    f"127.0.0.1:{https}", str(self.cert), str(self.key)]
+        if name == "nginx":
+            conf = self.work / "nginx.conf"
+            conf.write_text(f"""
+daemon off; worker_processes 1; worker_rlimit_nofile 16000;
+error_log {self.work}/nginx-error.log; pid {self.work}/nginx.pid;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream up {{ server {up}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{http} backlog=4096;
+    listen 127.0.0.1:{https} ssl http2 backlog=4096;
+    ssl_certificate {self.cert}; ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+            return ["nginx", "-c", str(conf)]
+        if name == "haproxy":
+            conf = self.work / "haproxy.cfg"
+            conf.write_text(f"""
+global
+  nbthread 1
+  maxconn 8000
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{http}
+  bind 127.0.0.1:{https} ssl crt {self.combined} alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  default_backend be
+backend be
+  server up {up}
+""")
+            return ["haproxy", "-f", str(conf)]
+        raise ValueError(name)
+
+    def start_proxy(self, name):
+        http, https = free_port(), free_port()
+        env = dict(os.environ, RUST_LOG="warn")
+        p = self.start(name, self.proxy_argv(name, http, https), http, env=env)
+        wait_port(https, p.proc, name)
+        return p, http, https
+
+    # ------------------------------------------------------------- workloads
+
+    def wrk(self, url, extra=()):
+        out = subprocess.run(
+            ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{self.duration}s", *extra, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+        mb = float(transfer.group(1)) * {"B": 1e-6, "KB": 1e-3, "MB": 1, "GB": 1e3}[transfer.group(2)]
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        if errors:
+            raise RuntimeError(f"{url}: {errors.group(1)} responses were not 2xx:\n{out}")
+        if sock and not extra:
+            raise RuntimeError(f"{url}: socket errors:\n{out}")
+        return {"rps": rps, "mb_s": mb}
+
+    def h2load(self, url):
+        n = 20000 if self.quick else 200000
+        out = subprocess.run(
+            ["taskset", "-c", LOAD_CPU, "h2load", "-n", str(n), "-c", "16", "-m", "16", url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+        status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+        if not status or any(int(x) for x in status.groups()[1:]):
+            raise RuntimeError(f"{url}: not every response was 2xx:\n{out}")
+        return {"rps": rps}
+
+    def latency(self, url, rate):
+        out = subprocess.run(
+            ["taskset", "-c", LOAD_CPU, str(self.bin / "examples" / "loadgen"), "latency", url,
+             str(rate), str(self.duration), "32"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        result = json.loads(out)
+        if result["errors"]:
+            raise RuntimeError(f"{url}: {result['errors']} requests failed at a fixed rate")
+        return result
+
+    def idle_memory(self, proc, https):
+        before = rss_kib(proc.pids())
+        holder = subprocess.Popen(
+            ["taskset", "-c", LOAD_CPU, str(self.bin / "examples" / "loadgen"), "idle-tls",
+             f"127.0.0.1:{https}", SNI, str(self.idle_conns), "30"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        line = holder.stdout.readline()
+        time.sleep(1.0)
+        during = rss_kib(proc.pids())
+        holder.kill()
+        holder.wait()
+        opened = json.loads(line)["open"] if line.strip() else 0
+        return {
+            "open": opened,
+            "rss_before_mib": before / 1024,
+            "rss_idle_mib": during / 1024,
+            "kib_per_conn": (during - before) / max(opened, 1),
+        }
+
+    def scenarios(self, http, https):
+        base = f"http://127.0.0.1:{http}"
+        tls = f"https://127.0.0.1:{https}"
+        return {
+            "http1_small_rps": lambda: self.wrk(f"{base}/small")["rps"],
+            "https_small_rps": lambda: self.wrk(f"{tls}/small")["rps"],
+            "tls_handshakes_per_s": lambda: self.wrk(f"{tls}/small", ("-H", "Connection: close"))["rps"],
+            "h2_small_rps": lambda: self.h2load(f"{tls}/small")["rps"],
+            "http1_100k_mb_s": lambda: self.wrk(f"{base}/big")["mb_s"],
+        }
+
+    # ------------------------------------------------------------------ run
+
+    def run_comparison(self, proxies):
+        results = {p: {} for p in proxies}
+        rate = 2000 if self.quick else 10000
+        for r in range(self.rounds):
+            for name in proxies:
+                proc, http, https = self.start_proxy(name)
+                try:
+                    for key, fn in self.scenarios(http, https).items():
+                        results[name].setdefault(key, []).append(fn())
+                    lat = self.latency(f"http://127.0.0.1:{http}/small", rate)
+                    results[name].setdefault("latency_p50_us", []).append(lat["p50_us"])
+                    results[name].setdefault("latency_p99_us", []).append(lat["p99_us"])
+                    mem = self.idle_memory(proc, https)
+                    results[name].setdefault("idle_tls_kib_per_conn", []).append(mem["kib_per_conn"])
+                    results[name].setdefault("idle_tls_rss_mib", []).append(mem["rss_idle_mib"])
+                finally:
+                    self.stop(proc)
+                print(f"round {r + 1}/{self.rounds}: {name} done", file=sys.stderr, flush=True)
+        return {p: {k: statistics.median(v) for k, v in m.items()} for p, m in results.items()}
+
+    def run_cost_curves(self):
+        curves = {}
+        for routes in (10, 1000, 10000):
+            http, https = free_port(), free_port()
+            conf = self.work / f"routes-{routes}.toml"
+            conf.write_text(switchyard_config(http, https, f"127.0.0.1:{self.up_port}",
+                                              self.cert, self.key, routes=routes))
+            p = self.start(f"switchyard-{routes}", [str(self.bin / "switchyard"), "run", "--config", str(conf)],
+                           http, env=dict(os.environ, RUST_LOG="warn"))
+            host = f"host{routes // 2}.example.com"
+            rps = [self.wrk(f"http://127.0.0.1:{http}/small", ("-H", f"Host: {host}"))["rps"]
+                   for _ in range(self.rounds)]
+            curves[f"routes_{routes}_rps"] = statistics.median(rps)
+            self.stop(p)
+
+        # Reload of a 10,000-route config into a running 10-route process.
+        http, https = free_port(), free_port()
+        conf = self.work / "reload.toml"
+        conf.write_text(switchyard_config(http, https, f"127.0.0.1:{self.up_port}", self.cert, self.key, routes=10))
+        log_path = self.work / "reload.log"
+        with open(log_path, "w") as log:
+            p = Proc("switchyard-reload", [str(self.bin / "switchyard"), "run", "--config", str(conf)],
+                     log, cpu=PROXY_CPU, env=dict(os.environ, RUST_LOG="info"))
+            self.procs.append(p)
+            wait_port(http, p.proc, "switchyard")
+            before = rss_kib(p.pids())
+            conf.write_text(switchyard_config(http, https, f"127.0.0.1:{self.up_port}",
+                                              self.cert, self.key, routes=10000))
+            deadline = time.time() + 30
+            took = None
+            while time.time() < deadline and took is None:
+                m = re.search(r"config applied.*generation=2.*took_ms=([\d.]+)", log_path.read_text())
+                if m:
+                    took = float(m.group(1))
+                time.sleep(0.05)
+            after = rss_kib(p.pids())
+            self.stop(p)
+        curves["reload_10000_routes_ms"] = took
+        curves["reload_10000_routes_rss_delta_mib"] = (after - before) / 1024
+        return curves
+
+
+def switchyard_config(http, https, upstream, cert, key, routes):
+    lines = [
+        f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n',
+        '[server]\nthreads = 1\ngrace_period = "1s"\n',
+        f'[[tls.certificates]]\ncert = "{cert}"\nkey = "{key}"\ndefault = true\n',
+    ]
+    for i in range(routes):
+        lines.append(f'[[routes]]\nhost = "host{i}.example.com"\nservice = "s"\nhttps_redirect = false\n')
+    lines.append('[[routes]]\nservice = "s"\nhttps_redirect = false\n')
+    lines.append(f'[services.s.pools.main]\nbackends = ["{upstream}"]\n')
+    return "\n".join(lines)
+
+
+LABELS = {
+    "http1_small_rps": ("HTTP/1.1 keep-alive, small (req/s)", True),
+    "https_small_rps": ("HTTPS keep-alive, small (req/s)", True),
+    "tls_handshakes_per_s": ("New TLS connection per request (handshakes/s)", True),
+    "h2_small_rps": ("HTTP/2 over TLS, small (req/s)", True),
+    "http1_100k_mb_s": ("HTTP/1.1 100 KB responses (MB/s)", True),
+    "latency_p50_us": ("Latency p50 at fixed rate (µs)", False),
+    "latency_p99_us": ("Latency p99 at fixed rate (µs)", False),
+    "idle_tls_kib_per_conn": ("Memory per idle TLS connection (KiB)", False),
+    "idle_tls_rss_mib": ("RSS holding the idle TLS connections (MiB)", False),
+}
+
+
+def markdown(results, curves, meta):
+    proxies = list(results)
+    peers = [p for p in proxies if p != "switchyard"]
+    head = "| scenario | " + " | ".join(proxies) + " | " + " | ".join(f"switchyard / {p}" for p in peers) + " |"
+    rows = [head, "|" + "---|" * (1 + len(proxies) + len(peers))]
+    for key, (label, higher_better) in LABELS.items():
+        vals = [results[p].get(key) for p in proxies]
+        ratios = []
+        for p in peers:
+            a, b = results["switchyard"].get(key), results[p].get(key)
+            ratios.append(f"{a / b:.2f}" if a and b else "-")
+        rows.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + " | " + " | ".join(ratios) + " |")
+    out = [f"# Load comparison ({meta['mode']})", "",
+           f"One worker per proxy pinned to CPU {PROXY_CPU}; load generator and upstream on CPU {LOAD_CPU}. "
+           f"{meta['rounds']} round(s) of {meta['duration']} s per scenario, median reported. "
+           "For latency and memory, lower is better; above 1.00 means Switchyard is higher.", ""]
+    out += rows
+    out += ["", "## Switchyard cost curves", "", "| measure | value |", "|---|---|"]
+    for k, v in curves.items():
+        out.append(f"| {k} | {fmt(v)} |")
+    return "\n".join(out) + "\n"
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bin-dir", default="target/release")
+    ap.add_argument("--out", default="benches/results")
+    ap.add_argument("--quick", action="store_true", help="one short round: checks the harness works")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("the comparison needs at least two CPUs")
+    bench = Bench(args)
+    try:
+        bench.make_cert()
+        bench.start_upstream()
+        proxies = ["switchyard", "pingora-floor", "nginx", "haproxy"]
+        results = bench.run_comparison(proxies)
+        curves = bench.run_cost_curves()
+    finally:
+        bench.close()
+    meta = {"mode": "quick" if args.quick else "full", "rounds": bench.rounds, "duration": bench.duration,
+            "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results, "curves": curves}, indent=2) + "\n")
+    md = markdown(results, curves, meta)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The load comparison: Switchyard against nginx, HAProxy and a bare pingora
+# proxy, one core each. Installs what it needs (Debian packages), builds the
+# release binaries, runs benches/compare.py and writes
+# benches/results/{latest,quick}.{md,json}.
+#
+#   benches/compare.sh            # full: 3 rounds of 10 s per scenario (~15 min)
+#   benches/compare.sh --quick    # one short round (~2 min): checks the harness works
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_build_deps nginx haproxy wrk h2load:nghttp2-client openssl taskset:util-linux python3
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release --locked --bin switchyard --example pingora-floor --example loadgen
+exec python3 benches/compare.py --bin-dir target/release "$@"
