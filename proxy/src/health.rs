@@ -568,3 +568,79 @@ async fn probe(
         Err(format!("status {status}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check() -> HealthCheck {
+        HealthCheck {
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            ..HealthCheck::default()
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn probes_move_state_with_thresholds_and_report_it() {
+        let registry = HealthRegistry::default();
+        let b = registry.backend("shop", "blue", addr(1));
+        assert_eq!(b.report().state, BackendState::Unknown);
+        b.probe_result(true, "status 200".into(), &check());
+        assert_eq!(b.report().state, BackendState::Healthy);
+        b.probe_result(false, "status 500".into(), &check());
+        b.probe_result(false, "status 500".into(), &check());
+        assert!(
+            b.available(),
+            "two failures are below the threshold of three"
+        );
+        b.probe_result(false, "status 503".into(), &check());
+        let report = b.report();
+        assert_eq!(report.state, BackendState::Unhealthy);
+        assert_eq!(report.consecutive_failures, 3);
+        let last = report.last_check.expect("last check");
+        assert_eq!((last.ok, last.detail.as_str()), (false, "status 503"));
+        b.probe_result(true, "status 200".into(), &check());
+        assert!(!b.available(), "one pass is below the healthy threshold");
+        b.probe_result(true, "status 200".into(), &check());
+        assert!(b.available());
+        // The same key gives the same state: reloads carry it over.
+        assert!(Arc::ptr_eq(&b, &registry.backend("shop", "blue", addr(1))));
+        assert_eq!(registry.report().len(), 1);
+    }
+
+    #[test]
+    fn ejection_spares_the_last_backend_and_respects_the_cap() {
+        let registry = HealthRegistry::default();
+        let pool: Vec<BackendRt> = (1..=2)
+            .map(|p| BackendRt {
+                addr: addr(p),
+                health: registry.backend("s", "p", addr(p)),
+            })
+            .collect();
+        let outlier = Outlier {
+            consecutive_failures: 2,
+            max_ejected_percent: 50,
+            ..Outlier::default()
+        };
+        pool[0].health.record_failure(&outlier, &pool, "refused");
+        assert!(pool[0].health.available(), "one failure of two");
+        pool[0].health.record_failure(&outlier, &pool, "refused");
+        assert!(!pool[0].health.available(), "ejected");
+        assert!(matches!(
+            pool[0].health.report().state,
+            BackendState::Ejected { .. }
+        ));
+        for _ in 0..5 {
+            pool[1].health.record_failure(&outlier, &pool, "refused");
+        }
+        assert!(
+            pool[1].health.available(),
+            "the last available backend is never ejected"
+        );
+    }
+}

@@ -82,6 +82,7 @@ pub struct Upstream {
     /// What it answers with.
     pub name: String,
     hits: Arc<AtomicUsize>,
+    health: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
@@ -90,33 +91,52 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream on an ephemeral loopback port.
     pub async fn start(name: &str) -> Upstream {
-        Self::start_inner(name, None).await
+        Self::start_inner(name, None, "127.0.0.1:0").await
+    }
+
+    /// Starts an upstream on `addr` (to bring a killed one back).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Upstream {
+        Self::start_inner(name, None, &addr.to_string()).await
+    }
+
+    /// How `/healthz` answers from now on.
+    pub fn set_health(&self, mode: HealthMode) {
+        self.health.store(mode as usize, Ordering::SeqCst);
     }
 
     /// Starts an HTTPS upstream serving `tls`.
     pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
-        Self::start_inner(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        Self::start_inner(
+            name,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            "127.0.0.1:0",
+        )
+        .await
     }
 
-    async fn start_inner(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+    async fn start_inner(
+        name: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        bind: &str,
+    ) -> Upstream {
+        let listener = bind_retrying(bind).await;
         let addr = listener.local_addr().expect("upstream address");
         let up = Upstream {
             addr,
             name: name.to_string(),
             hits: Default::default(),
+            health: Default::default(),
             connections: Default::default(),
             seen: Default::default(),
             tasks: Default::default(),
         };
-        let (name, hits, connections, seen, tasks) = (
+        let (name, hits, connections, seen, tasks, health) = (
             up.name.clone(),
             up.hits.clone(),
             up.connections.clone(),
             up.seen.clone(),
             up.tasks.clone(),
+            up.health.clone(),
         );
         let accept = tokio::spawn(async move {
             loop {
@@ -124,12 +144,16 @@ impl Upstream {
                     continue;
                 };
                 connections.fetch_add(1, Ordering::SeqCst);
-                let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
+                let (name, hits, seen, health) =
+                    (name.clone(), hits.clone(), seen.clone(), health.clone());
                 let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (name, hits, seen) = (name.clone(), hits.clone(), seen.clone());
-                        async move { Ok::<_, Infallible>(answer(req, &name, &hits, &seen).await) }
+                        let (name, hits, seen, health) =
+                            (name.clone(), hits.clone(), seen.clone(), health.clone());
+                        async move {
+                            Ok::<_, Infallible>(answer(req, &name, &hits, &seen, &health).await)
+                        }
                     });
                     let http = hyper::server::conn::http1::Builder::new();
                     match tls {
@@ -186,16 +210,48 @@ impl Drop for Upstream {
     }
 }
 
+/// How an [`Upstream`] answers its health path, `/healthz`.
+#[derive(Clone, Copy, Debug)]
+pub enum HealthMode {
+    /// 200.
+    Ok = 0,
+    /// 500.
+    Fail = 1,
+    /// Never answers.
+    Hang = 2,
+}
+
+async fn bind_retrying(addr: &str) -> TcpListener {
+    // A port just closed may linger briefly; it is ours to take back.
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr}");
+}
+
 async fn answer(
     req: Request<Incoming>,
     name: &str,
     hits: &AtomicUsize,
     seen: &Mutex<Vec<Seen>>,
+    health: &AtomicUsize,
 ) -> Response<Full<Bytes>> {
     let target = req
         .uri()
         .path_and_query()
         .map_or("/".to_string(), |p| p.to_string());
+    if target == "/healthz" {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"health\n")));
+        match health.load(Ordering::SeqCst) {
+            0 => {}
+            1 => *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+            _ => std::future::pending::<()>().await,
+        }
+        return resp;
+    }
     seen.lock().expect("seen").push(Seen {
         target: target.clone(),
         headers: req.headers().clone(),

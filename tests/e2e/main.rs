@@ -7,6 +7,7 @@ mod pki;
 mod check;
 mod failover;
 mod headers;
+mod health;
 mod reload;
 mod routing;
 mod shutdown;
