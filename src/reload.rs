@@ -20,7 +20,7 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use switchyard_certs::{load_pair, CertResolver, CertTable, LoadedCert};
+use switchyard_certs::{load_pair, CertResolver, LoadedCert};
 use switchyard_config::Config;
 use switchyard_proxy::{HealthRegistry, SharedSnapshot, Snapshot};
 
@@ -190,7 +190,7 @@ impl Reloader {
                     log_cert(cert, "certificate loaded");
                 }
             }
-            resolver.store(CertTable::build(&assets.certs));
+            resolver.set_static(assets.certs.clone());
         }
         state.certs = assets.certs;
         state.refused.clear();
@@ -254,7 +254,7 @@ impl Reloader {
             }
         }
         if swapped {
-            resolver.store(CertTable::build(certs));
+            resolver.set_static(certs.clone());
         }
     }
 

@@ -16,7 +16,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use switchyard_certs::{CertResolver, CertTable};
+use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
 use switchyard_config::Config;
 use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
 
@@ -93,6 +93,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         &health,
     )));
     let in_flight = InFlight::default();
+    let challenges = Arc::new(ChallengeStore::default());
     tracing::info!(
         generation = 1,
         file = %config_path.display(),
@@ -104,7 +105,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy::new(snapshot.clone(), in_flight.clone()),
+        Proxy::new(snapshot.clone(), in_flight.clone(), challenges.clone()),
         "switchyard proxy",
     );
     if let Some(http) = config.listen.http {
@@ -116,7 +117,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
     let resolver = match config.listen.https {
         None => None,
         Some(https) => {
-            let resolver = Arc::new(CertResolver::new(CertTable::build(&assets.certs)));
+            let resolver = Arc::new(CertResolver::new(assets.certs.clone()));
             let mut tls =
                 TlsSettings::intermediate("", "").context("cannot set up the HTTPS listener")?;
             tls.set_cert_resolver(resolver.clone());
@@ -132,6 +133,10 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
     };
     server.add_service(proxy);
 
+    if let (Some(acme), Some(resolver)) = (config.acme.clone(), resolver.clone()) {
+        let manager = Arc::new(AcmeManager::new(acme, resolver, challenges));
+        server.add_service(background_service("ACME", AcmeService(manager)));
+    }
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(snapshot.clone()),
@@ -161,6 +166,19 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
 
 fn buffers() -> L4BufferSettings {
     L4BufferSettings::new(CLIENT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
+}
+
+/// Runs the ACME manager until shutdown.
+struct AcmeService(Arc<AcmeManager>);
+
+#[async_trait]
+impl BackgroundService for AcmeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.0.clone().run() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// Ends a graceful shutdown as soon as the last in-flight request is done,

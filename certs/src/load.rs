@@ -23,6 +23,8 @@ pub struct CertInfo {
     pub key_path: PathBuf,
     /// DNS names the leaf covers (lower case; wildcards as `*.example.com`).
     pub names: Vec<String>,
+    /// Start of validity.
+    pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
     /// The leaf's serial number, lower-case hex.
@@ -60,7 +62,7 @@ pub fn load_pair(files: &CertificateFiles, now: SystemTime) -> Result<LoadedCert
 }
 
 /// [`load_pair`] on contents already read.
-fn check_pair(
+pub(crate) fn check_pair(
     files: &CertificateFiles,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
@@ -147,6 +149,7 @@ fn check_pair(
             cert_path: files.cert.clone(),
             key_path: files.key.clone(),
             names,
+            not_before: UNIX_EPOCH + Duration::from_secs(u64::try_from(not_before).unwrap_or(0)),
             not_after: UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0)),
             serial,
             default: files.default,

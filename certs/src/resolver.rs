@@ -1,8 +1,8 @@
 //! The SNI resolver: a prebuilt name -> certificate map behind an `ArcSwap`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -64,25 +64,72 @@ impl CertTable {
 }
 
 /// The resolver the HTTPS listener asks on every handshake.
+///
+/// It serves two sources: static certificates from the config (which win
+/// where both cover a name) and managed ones (ACME, or temporary ones
+/// while an order is pending), one per host.
 #[derive(Debug, Default)]
 pub struct CertResolver {
     table: ArcSwap<CertTable>,
     unmatched: AtomicU64,
+    sources: Mutex<Sources>,
+}
+
+#[derive(Debug, Default)]
+struct Sources {
+    statics: Vec<LoadedCert>,
+    managed: BTreeMap<String, LoadedCert>,
 }
 
 impl CertResolver {
-    /// A resolver serving `table`.
-    pub fn new(table: CertTable) -> CertResolver {
-        CertResolver {
-            table: ArcSwap::from_pointee(table),
-            unmatched: AtomicU64::new(0),
-        }
+    /// A resolver serving the static certificates `statics`.
+    pub fn new(statics: Vec<LoadedCert>) -> CertResolver {
+        let resolver = CertResolver::default();
+        resolver.set_static(statics);
+        resolver
     }
 
-    /// Serves `table` from the next handshake on; handshakes in progress
-    /// and established connections keep what they have.
-    pub fn store(&self, table: CertTable) {
-        self.table.store(Arc::new(table));
+    /// Replaces the static certificates; from the next handshake on, they
+    /// serve (handshakes in progress and established connections keep what
+    /// they have).
+    pub fn set_static(&self, certs: Vec<LoadedCert>) {
+        self.update(|s| s.statics = certs);
+    }
+
+    /// Serves `cert` for `host` (an ACME or temporary certificate).
+    pub fn set_managed(&self, host: &str, cert: LoadedCert) {
+        self.update(|s| {
+            s.managed.insert(host.to_string(), cert);
+        });
+    }
+
+    /// Whether a static certificate covers `host` (so it is not ordered).
+    pub fn covers_statically(&self, host: &str) -> bool {
+        let Ok(sources) = self.sources.lock() else {
+            return false;
+        };
+        let parent = host.split_once('.').map(|(_, p)| format!("*.{p}"));
+        sources.statics.iter().any(|c| {
+            c.info
+                .names
+                .iter()
+                .any(|n| n == host || Some(n) == parent.as_ref())
+        })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Sources)) {
+        let mut sources = match self.sources.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut sources);
+        let all: Vec<LoadedCert> = sources
+            .statics
+            .iter()
+            .chain(sources.managed.values())
+            .cloned()
+            .collect();
+        self.table.store(Arc::new(CertTable::build(&all)));
     }
 
     /// The table being served.

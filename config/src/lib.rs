@@ -28,6 +28,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Certificates and HTTPS policy.
     pub tls: Tls,
+    /// Certificates obtained and renewed automatically, if configured.
+    pub acme: Option<Acme>,
     /// Routes in file order.
     pub routes: Vec<Route>,
     /// Services sorted by name.
@@ -50,6 +52,25 @@ pub struct Tls {
     pub certificates: Vec<CertificateFiles>,
     /// `Strict-Transport-Security` for HTTPS responses, if wanted.
     pub hsts: Option<Hsts>,
+}
+
+/// Automatic certificates over ACME (HTTP-01).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact URLs for the account, such as `mailto:ops@example.com`.
+    pub contact: Vec<String>,
+    /// Where the account, certificates and keys are kept.
+    pub state_dir: PathBuf,
+    /// PEM file of the root that the CA's API certificate chains to, for
+    /// private CAs; `None` trusts the system's roots.
+    pub ca_root: Option<PathBuf>,
+    /// Host names to get certificates for (one certificate each).
+    pub hosts: Vec<String>,
+    /// Renew when this much validity is left; `None` means a third of the
+    /// certificate's lifetime.
+    pub renew_before: Option<Duration>,
 }
 
 /// One certificate chain and its private key, as files.
@@ -310,6 +331,9 @@ impl Config {
         }
         if self.server.threads != next.server.threads {
             changes.push("server.threads changed".to_string());
+        }
+        if self.acme != next.acme {
+            changes.push("[acme] changed".to_string());
         }
         if self.server.grace_period != next.server.grace_period {
             changes.push("server.grace_period changed".to_string());

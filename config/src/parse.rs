@@ -13,8 +13,8 @@ use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
-    CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics, HealthCheck, HostMatch, Hsts,
-    HttpCheck, Listen, Outlier, Pool, Route, ServerSettings, Service, Tls, UpstreamTls,
+    Acme, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics, HealthCheck, HostMatch,
+    Hsts, HttpCheck, Listen, Outlier, Pool, Route, ServerSettings, Service, Tls, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -35,19 +35,29 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
         }
     };
     let root = doc.as_table();
-    w.known_keys(root, "", &["listen", "server", "tls", "routes", "services"]);
+    w.known_keys(
+        root,
+        "",
+        &["listen", "server", "tls", "acme", "routes", "services"],
+    );
     let listen = w.listen(root);
     let has_https = listen.as_ref().is_some_and(|l| l.https.is_some());
     let server = w.server(root);
-    let tls = w.tls(root, listen.as_ref());
+    let acme = w.acme(root, listen.as_ref());
+    let tls = w.tls(
+        root,
+        listen.as_ref(),
+        acme.as_ref().is_some_and(|a| a.is_some()),
+    );
     let services = w.services(root);
     let routes = w.routes(root, &services, has_https);
     w.diags.sort_by_key(|d| (d.line, d.column));
-    match (listen, server, tls) {
-        (Some(listen), Some(server), Some(tls)) if w.diags.is_empty() => Ok(Config {
+    match (listen, server, tls, acme) {
+        (Some(listen), Some(server), Some(tls), Some(acme)) if w.diags.is_empty() => Ok(Config {
             listen,
             server,
             tls,
+            acme,
             routes,
             services: services.into_values().collect(),
         }),
@@ -273,11 +283,190 @@ impl<'a> Walk<'a> {
         Some(self.base_dir.join(raw))
     }
 
-    fn tls(&mut self, root: &dyn TableLike, listen: Option<&Listen>) -> Option<Tls> {
+    /// The `[acme]` table: `Some(None)` when absent, `None` when invalid.
+    fn acme(&mut self, root: &dyn TableLike, listen: Option<&Listen>) -> Option<Option<Acme>> {
+        let Some(item) = root.get("acme") else {
+            return Some(None);
+        };
+        let table = self.table(item, None, "acme")?;
+        self.known_keys(
+            table,
+            "acme",
+            &[
+                "directory",
+                "contact",
+                "accept_terms",
+                "state_dir",
+                "ca_root",
+                "hosts",
+                "renew_before",
+            ],
+        );
+        let anchor = item.span().or_else(|| first_key_span(table));
+        let mut ok = true;
+        let mut required = |w: &mut Self, key: &str, what: &str| {
+            let v = table.get(key);
+            if v.is_none() {
+                w.error(
+                    anchor.clone(),
+                    &format!("acme.{key}"),
+                    format!("missing key; {what}"),
+                );
+                ok = false;
+            }
+            v
+        };
+        let directory = required(self, "directory", "the CA's directory URL is required");
+        let state_dir = required(
+            self,
+            "state_dir",
+            "a directory for the account and certificates is required",
+        );
+        let hosts_item = required(self, "hosts", "list the host names to get certificates for");
+        let terms = required(
+            self,
+            "accept_terms",
+            "set `accept_terms = true` to agree to the CA's terms of service",
+        );
+        let directory = directory.and_then(|v| {
+            let url = self.string(v, "acme.directory")?;
+            if url.starts_with("https://") {
+                Some(url.to_string())
+            } else {
+                self.error(
+                    v.span(),
+                    "acme.directory",
+                    format!("{url:?} is not an https:// URL"),
+                );
+                None
+            }
+        });
+        let state_dir = state_dir.and_then(|v| self.file_path(v, "acme.state_dir"));
+        if let Some(v) = terms {
+            match self.boolean(v, "acme.accept_terms") {
+                Some(true) => {}
+                Some(false) => {
+                    self.error(
+                        v.span(),
+                        "acme.accept_terms",
+                        "must be true: the CA issues no certificate without it",
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        let ca_root = match table.get("ca_root") {
+            None => None,
+            Some(v) => {
+                let p = self.file_path(v, "acme.ca_root");
+                ok &= p.is_some();
+                p
+            }
+        };
+        let mut contact = Vec::new();
+        if let Some(v) = table.get("contact") {
+            match v.as_array() {
+                Some(arr) => {
+                    for (i, c) in arr.iter().enumerate() {
+                        match c.as_str() {
+                            Some(c) if c.starts_with("mailto:") => contact.push(c.to_string()),
+                            _ => {
+                                self.error(
+                                    c.span(),
+                                    &format!("acme.contact[{i}]"),
+                                    "expected a \"mailto:...\" URL",
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    self.error(
+                        v.span(),
+                        "acme.contact",
+                        "expected an array such as [\"mailto:ops@example.com\"]",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let mut hosts = Vec::new();
+        if let Some(v) = hosts_item {
+            match v.as_array() {
+                Some(arr) if !arr.is_empty() => {
+                    for (i, h) in arr.iter().enumerate() {
+                        let key = format!("acme.hosts[{i}]");
+                        match h.as_str().map(host_match) {
+                            Some(Ok(HostMatch::Exact(name))) if !hosts.contains(&name) => {
+                                hosts.push(name)
+                            }
+                            Some(Ok(HostMatch::Exact(name))) => {
+                                self.error(h.span(), &key, format!("{name} is listed twice"));
+                                ok = false;
+                            }
+                            Some(Ok(_)) => {
+                                self.error(h.span(), &key, "wildcard names cannot be validated over HTTP-01; list each host");
+                                ok = false;
+                            }
+                            Some(Err(msg)) => {
+                                self.error(h.span(), &key, msg);
+                                ok = false;
+                            }
+                            None => {
+                                self.error(h.span(), &key, "expected a host name string");
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    self.error(
+                        v.span(),
+                        "acme.hosts",
+                        "expected a non-empty array of host names",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let renew_before = match table.get("renew_before") {
+            None => None,
+            Some(v) => {
+                let d = self.duration(v, "acme.renew_before");
+                ok &= d.is_some();
+                d
+            }
+        };
+        if let Some(listen) = listen {
+            if listen.http.is_none() || listen.https.is_none() {
+                self.error(
+                    anchor.clone(),
+                    "acme",
+                    "ACME needs both listeners: `http` to answer HTTP-01 challenges and `https` to serve the certificates",
+                );
+                ok = false;
+            }
+        }
+        match (ok, directory, state_dir) {
+            (true, Some(directory), Some(state_dir)) => Some(Some(Acme {
+                directory,
+                contact,
+                state_dir,
+                ca_root,
+                hosts,
+                renew_before,
+            })),
+            _ => None,
+        }
+    }
+
+    fn tls(&mut self, root: &dyn TableLike, listen: Option<&Listen>, acme: bool) -> Option<Tls> {
         let has_https = listen.is_some_and(|l| l.https.is_some());
         let mut tls = Tls::default();
         let Some(item) = root.get("tls") else {
-            if has_https {
+            if has_https && !acme {
                 self.error(
                     root.get("listen").and_then(|l| l.as_table_like()).and_then(|t| t.key("https")).and_then(|k| k.span()),
                     "listen.https",
@@ -373,7 +562,7 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        if ok && has_https && tls.certificates.is_empty() {
+        if ok && has_https && tls.certificates.is_empty() && !acme {
             self.error(
                 item.span().or_else(|| first_key_span(table)),
                 "tls.certificates",

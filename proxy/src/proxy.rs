@@ -25,6 +25,8 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use switchyard_certs::ChallengeStore;
+
 use crate::headers::{forwarded_for, hop_by_hop_names, is_upgrade_request, request_host};
 use crate::snapshot::{ServiceRt, Snapshot};
 
@@ -35,15 +37,22 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Proxy {
     snapshot: SharedSnapshot,
     in_flight: InFlight,
+    challenges: Arc<ChallengeStore>,
 }
 
 impl Proxy {
     /// A proxy serving whatever `snapshot` holds at each request's start,
-    /// counting its requests in `in_flight`.
-    pub fn new(snapshot: SharedSnapshot, in_flight: InFlight) -> Self {
+    /// counting its requests in `in_flight` and answering ACME HTTP-01
+    /// challenges from `challenges`.
+    pub fn new(
+        snapshot: SharedSnapshot,
+        in_flight: InFlight,
+        challenges: Arc<ChallengeStore>,
+    ) -> Self {
         Proxy {
             snapshot,
             in_flight,
+            challenges,
         }
     }
 }
@@ -146,9 +155,10 @@ const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 async fn respond_text(
     session: &mut Session,
     status: u16,
-    body: &'static str,
+    body: impl Into<Bytes>,
     location: Option<String>,
 ) -> Result<()> {
+    let body: Bytes = body.into();
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", body.len())?;
@@ -156,9 +166,7 @@ async fn respond_text(
         resp.insert_header("location", location)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
+    session.write_response_body(Some(body), true).await
 }
 
 /// `https://host[:port]/path?query` for a plain HTTP request.
@@ -190,8 +198,26 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
-        let host = request_host(&req.uri, &req.headers);
         let path = req.uri.path();
+        if ctx.snapshot.acme && !ctx.tls {
+            if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+                // Answered here, before routing and redirects.
+                match self.challenges.get(token) {
+                    Some(answer) => respond_text(session, 200, answer, None).await?,
+                    None => {
+                        respond_text(
+                            session,
+                            404,
+                            "404 Not Found: unknown ACME challenge token\n",
+                            None,
+                        )
+                        .await?
+                    }
+                }
+                return Ok(true);
+            }
+        }
+        let host = request_host(&req.uri, &req.headers);
         let Some(target) = ctx.snapshot.router.route(&host, path) else {
             respond_text(session, 404, NOT_FOUND, None).await?;
             return Ok(true);

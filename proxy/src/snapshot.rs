@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub https_port: Option<u16>,
     /// `Strict-Transport-Security` value for HTTPS responses, if configured.
     pub hsts: Option<HeaderValue>,
+    /// Whether ACME HTTP-01 challenges are answered by the proxy itself.
+    pub acme: bool,
 }
 
 impl Snapshot {
@@ -131,6 +133,7 @@ impl Snapshot {
             router,
             services,
             https_port: config.listen.https.map(|a| a.port()),
+            acme: config.acme.is_some(),
             hsts: config
                 .tls
                 .hsts

@@ -306,6 +306,8 @@ pub struct ProxyOptions {
     /// The directory for the config file and logs (a new one by default),
     /// so tests can put certificate files there first.
     pub dir: Option<tempfile::TempDir>,
+    /// The plain listener's port (a free one by default).
+    pub http_port: Option<u16>,
 }
 
 impl Default for ProxyOptions {
@@ -315,6 +317,7 @@ impl Default for ProxyOptions {
             https: false,
             global_args: Vec::new(),
             dir: None,
+            http_port: None,
         }
     }
 }
@@ -341,7 +344,8 @@ impl Proxy {
             Some(d) => d,
             None => tempfile::tempdir().expect("temp dir"),
         };
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let port = options.http_port.unwrap_or_else(free_port);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let https: Option<SocketAddr> = options
             .https
             .then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));

@@ -4,6 +4,7 @@
 mod harness;
 mod pki;
 
+mod acme;
 mod check;
 mod failover;
 mod headers;

@@ -1,0 +1,483 @@
+//! Automatic certificates over ACME (HTTP-01): issue on start, keep on
+//! disk, renew early, back off on failure, never drop what is serving.
+//!
+//! One order per host. Until a host's certificate arrives it is served a
+//! self-signed certificate named "Switchyard temporary certificate for
+//! HOST"; every other host keeps its certificate. Orders run at most
+//! [`CONCURRENT_ORDERS`] at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use switchyard_config::{Acme, CertificateFiles};
+
+use crate::{load_pair, CertResolver, LoadedCert};
+
+/// Orders in flight at once.
+pub const CONCURRENT_ORDERS: usize = 4;
+/// First retry delay after a failure; doubles with each failure in a row.
+const RETRY_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay.
+const RETRY_CAP: Duration = Duration::from_secs(3600);
+/// Wait after a rate-limit error from the CA.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
+/// Renewals of one host are at least this far apart, whatever the settings.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
+/// Lifetime of the temporary self-signed certificate.
+const TEMPORARY_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// HTTP-01 key authorizations by token, served on the plain listener.
+#[derive(Debug, Default)]
+pub struct ChallengeStore {
+    tokens: RwLock<HashMap<String, String>>,
+}
+
+impl ChallengeStore {
+    /// The key authorization for `token`, while its order is open.
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.tokens.read().ok()?.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, key_authorization: &str) {
+        if let Ok(mut t) = self.tokens.write() {
+            t.insert(token.to_string(), key_authorization.to_string());
+        }
+    }
+
+    fn remove(&self, token: &str) {
+        if let Ok(mut t) = self.tokens.write() {
+            t.remove(token);
+        }
+    }
+}
+
+/// What the admin API and metrics read about one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStatus {
+    /// End of validity of the certificate being served (not the temporary one).
+    pub not_after: Option<SystemTime>,
+    /// When an order was last tried.
+    pub last_attempt: Option<SystemTime>,
+    /// The error of the last attempt, if it failed.
+    pub last_error: Option<String>,
+    /// When the next order or renewal is due.
+    pub next_attempt: Option<SystemTime>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+}
+
+/// Gets and renews the `[acme]` hosts' certificates.
+pub struct AcmeManager {
+    config: Acme,
+    resolver: Arc<CertResolver>,
+    challenges: Arc<ChallengeStore>,
+    account: tokio::sync::Mutex<Option<Account>>,
+    status: Mutex<BTreeMap<String, HostStatus>>,
+}
+
+impl AcmeManager {
+    /// A manager putting certificates into `resolver` and challenge answers
+    /// into `challenges`.
+    pub fn new(config: Acme, resolver: Arc<CertResolver>, challenges: Arc<ChallengeStore>) -> Self {
+        AcmeManager {
+            config,
+            resolver,
+            challenges,
+            account: tokio::sync::Mutex::new(None),
+            status: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Per host: certificate expiry, last attempt, last error, next attempt.
+    pub fn status(&self) -> BTreeMap<String, HostStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn files(&self, host: &str) -> CertificateFiles {
+        let dir = self.config.state_dir.join("certificates");
+        CertificateFiles {
+            cert: dir.join(format!("{host}.pem")),
+            key: dir.join(format!("{host}.key")),
+            default: false,
+        }
+    }
+
+    fn update(&self, host: &str, f: impl FnOnce(&mut HostStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(s.entry(host.to_string()).or_default());
+        }
+    }
+
+    /// Loads what is on disk, then orders and renews until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        if let Err(e) = create_private_dirs(&self.config.state_dir) {
+            tracing::error!(dir = %self.config.state_dir.display(), error = %e, "ACME state directory unusable; no certificates will be ordered");
+            return;
+        }
+        let mut due: BTreeMap<String, SystemTime> = BTreeMap::new();
+        for host in &self.config.hosts {
+            if self.resolver.covers_statically(host) {
+                tracing::info!(%host, "a static certificate covers this host; not ordering one");
+                continue;
+            }
+            match load_pair(&self.files(host), SystemTime::now()) {
+                Ok(cert) => {
+                    let at = self.renewal_time(&cert, None);
+                    tracing::info!(%host, serial = %cert.info.serial, not_after = %humantime::format_rfc3339_seconds(cert.info.not_after), renew_at = %humantime::format_rfc3339_seconds(at), "ACME certificate loaded from the state directory");
+                    let not_after = cert.info.not_after;
+                    self.resolver.set_managed(host, cert);
+                    self.update(host, |s| {
+                        s.not_after = Some(not_after);
+                        s.next_attempt = Some(at);
+                    });
+                    due.insert(host.clone(), at);
+                }
+                Err(e) => {
+                    if !matches!(e, crate::CertError::Read { .. }) {
+                        tracing::warn!(%host, "stored certificate not usable, ordering a new one: {e}");
+                    }
+                    match temporary_cert(host) {
+                        Ok(temp) => self.resolver.set_managed(host, temp),
+                        Err(e) => {
+                            tracing::error!(%host, "cannot make a temporary certificate: {e}")
+                        }
+                    }
+                    self.update(host, |s| s.next_attempt = Some(SystemTime::now()));
+                    due.insert(host.clone(), SystemTime::now());
+                }
+            }
+        }
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_ORDERS));
+        loop {
+            let Some(next) = due.values().min().copied() else {
+                return;
+            };
+            let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+            // Wake at least hourly, so a clock jump cannot delay renewals long.
+            tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
+            let now = SystemTime::now();
+            let ready: Vec<String> = due
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(h, _)| h.clone())
+                .collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for host in ready {
+                let (me, sem) = (self.clone(), semaphore.clone());
+                tasks.spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let at = me.attempt(&host).await;
+                    (host, at)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((host, at)) = done {
+                    due.insert(host, at);
+                }
+            }
+        }
+    }
+
+    /// When `cert` should be renewed: with `renew_before` (or a third of its
+    /// lifetime) left, never sooner than `MIN_RENEWAL_GAP` after `issued`.
+    fn renewal_time(&self, cert: &LoadedCert, issued: Option<SystemTime>) -> SystemTime {
+        let info = &cert.info;
+        let lifetime = info
+            .not_after
+            .duration_since(info.not_before)
+            .unwrap_or_default();
+        let before = self.config.renew_before.unwrap_or(lifetime / 3);
+        let at = info
+            .not_after
+            .checked_sub(before)
+            .unwrap_or(info.not_before);
+        match issued {
+            Some(issued) => at.max(issued + MIN_RENEWAL_GAP),
+            None => at,
+        }
+    }
+
+    /// One order for `host`; returns when the next one is due.
+    async fn attempt(&self, host: &str) -> SystemTime {
+        let started = SystemTime::now();
+        self.update(host, |s| s.last_attempt = Some(started));
+        tracing::info!(%host, "ordering a certificate");
+        match self.order(host).await {
+            Ok(cert) => {
+                let at = self.renewal_time(&cert, Some(started));
+                tracing::info!(
+                    %host, serial = %cert.info.serial,
+                    not_after = %humantime::format_rfc3339_seconds(cert.info.not_after),
+                    renew_at = %humantime::format_rfc3339_seconds(at),
+                    "ACME certificate issued and serving"
+                );
+                let not_after = cert.info.not_after;
+                self.resolver.set_managed(host, cert);
+                self.update(host, |s| {
+                    s.not_after = Some(not_after);
+                    s.last_error = None;
+                    s.failures = 0;
+                    s.next_attempt = Some(at);
+                });
+                at
+            }
+            Err(e) => {
+                let mut failures = 0;
+                self.update(host, |s| {
+                    s.failures += 1;
+                    failures = s.failures;
+                });
+                let wait = match &e {
+                    OrderError::RateLimited(_) => RATE_LIMIT_WAIT,
+                    _ => (RETRY_BASE * 2u32.pow(failures.saturating_sub(1).min(12))).min(RETRY_CAP),
+                };
+                let at = SystemTime::now() + wait;
+                tracing::error!(
+                    %host, failures, retry_in = ?wait,
+                    "certificate order failed; the current certificate keeps serving: {e}"
+                );
+                self.update(host, |s| {
+                    s.last_error = Some(e.to_string());
+                    s.next_attempt = Some(at);
+                });
+                at
+            }
+        }
+    }
+
+    async fn order(&self, host: &str) -> Result<LoadedCert, OrderError> {
+        let account = self.account().await?;
+        let identifiers = [Identifier::Dns(host.to_string())];
+        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(o) => o,
+            Err(e) => {
+                let e = OrderError::from(e);
+                if matches!(e, OrderError::AccountGone(_)) {
+                    // The CA forgot the account (a reset CA): make a new one next time.
+                    *self.account.lock().await = None;
+                    let _ = std::fs::remove_file(self.account_path());
+                }
+                return Err(e);
+            }
+        };
+        let mut tokens = Vec::new();
+        let result = async {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz?;
+                match authz.status {
+                    AuthorizationStatus::Valid => continue,
+                    AuthorizationStatus::Pending => {}
+                    other => {
+                        return Err(OrderError::Other(format!("authorization is {other:?}")));
+                    }
+                }
+                let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                    OrderError::Other("the CA offered no HTTP-01 challenge".into())
+                })?;
+                let key_authorization = challenge.key_authorization();
+                self.challenges
+                    .insert(&challenge.token, key_authorization.as_str());
+                tokens.push(challenge.token.clone());
+                challenge.set_ready().await?;
+            }
+            let policy = RetryPolicy::new()
+                .initial_delay(Duration::from_millis(250))
+                .timeout(Duration::from_secs(90));
+            let status = order.poll_ready(&policy).await?;
+            if status != OrderStatus::Ready {
+                let detail = describe_failed_order(&mut order).await;
+                return Err(OrderError::Other(format!("order is {status:?}{detail}")));
+            }
+            let key_pem = order.finalize().await?;
+            let chain_pem = order.poll_certificate(&policy).await?;
+            Ok((chain_pem, key_pem))
+        }
+        .await;
+        for token in &tokens {
+            self.challenges.remove(token);
+        }
+        let (chain_pem, key_pem) = result?;
+        let files = self.files(host);
+        write_private(&files.key, key_pem.as_bytes())
+            .map_err(|e| OrderError::Store(files.key.clone(), e))?;
+        write_private(&files.cert, chain_pem.as_bytes())
+            .map_err(|e| OrderError::Store(files.cert.clone(), e))?;
+        load_pair(&files, SystemTime::now()).map_err(|e| OrderError::Other(e.to_string()))
+    }
+
+    fn account_path(&self) -> PathBuf {
+        self.config.state_dir.join("account.json")
+    }
+
+    /// The ACME account: cached, else from `account.json`, else created.
+    async fn account(&self) -> Result<Account, OrderError> {
+        let mut cached = self.account.lock().await;
+        if let Some(account) = cached.as_ref() {
+            return Ok(account.clone());
+        }
+        let builder = || match &self.config.ca_root {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        };
+        let path = self.account_path();
+        let account = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let credentials: AccountCredentials = serde_json::from_slice(&bytes)
+                    .map_err(|e| OrderError::Other(format!("{}: {e}", path.display())))?;
+                builder()?.from_credentials(credentials).await?
+            }
+            Err(_) => {
+                let contact: Vec<&str> = self.config.contact.iter().map(String::as_str).collect();
+                let (account, credentials) = builder()?
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.config.directory.clone(),
+                        None,
+                    )
+                    .await?;
+                let json = serde_json::to_vec_pretty(&credentials)
+                    .map_err(|e| OrderError::Other(e.to_string()))?;
+                write_private(&path, &json).map_err(|e| OrderError::Store(path.clone(), e))?;
+                tracing::info!(directory = %self.config.directory, "ACME account created");
+                account
+            }
+        };
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+}
+
+async fn describe_failed_order(order: &mut instant_acme::Order) -> String {
+    let mut detail = String::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        for challenge in &authz.challenges {
+            if let Some(problem) = &challenge.error {
+                detail.push_str(&format!(
+                    ": {}",
+                    problem.detail.as_deref().unwrap_or("no detail")
+                ));
+            }
+        }
+    }
+    detail
+}
+
+/// Why an order failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The CA refused for rate limits.
+    #[error("rate limited by the CA: {0}")]
+    RateLimited(String),
+    /// The CA no longer knows the account.
+    #[error("the CA does not know the account: {0}")]
+    AccountGone(String),
+    /// The CA answered with an error.
+    #[error("the CA said: {0}")]
+    Ca(String),
+    /// A certificate or key could not be written.
+    #[error("cannot write {0}: {1}")]
+    Store(PathBuf, std::io::Error),
+    /// Anything else (network, protocol, timeout).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<instant_acme::Error> for OrderError {
+    fn from(e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(problem) => {
+                let detail = format!(
+                    "{} ({})",
+                    problem.detail.as_deref().unwrap_or("no detail"),
+                    problem.r#type.as_deref().unwrap_or("no type")
+                );
+                match problem.r#type.as_deref() {
+                    Some("urn:ietf:params:acme:error:rateLimited") => {
+                        OrderError::RateLimited(detail)
+                    }
+                    Some("urn:ietf:params:acme:error:accountDoesNotExist") => {
+                        OrderError::AccountGone(detail)
+                    }
+                    _ => OrderError::Ca(detail),
+                }
+            }
+            other => OrderError::Other(other.to_string()),
+        }
+    }
+}
+
+/// Creates `state_dir/certificates`; both readable by the owner only.
+fn create_private_dirs(state_dir: &Path) -> std::io::Result<()> {
+    let certs = state_dir.join("certificates");
+    std::fs::create_dir_all(&certs)?;
+    for dir in [state_dir, certs.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename),
+/// readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A self-signed certificate for `host` to serve until the real one comes.
+pub fn temporary_cert(host: &str) -> Result<LoadedCert, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![host.to_string()]).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Switchyard temporary certificate for {host}"),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + TEMPORARY_LIFETIME;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let files = CertificateFiles {
+        cert: PathBuf::from(format!("(temporary certificate for {host})")),
+        key: PathBuf::from(format!("(temporary key for {host})")),
+        default: false,
+    };
+    crate::load::check_pair(
+        &files,
+        cert.pem().into_bytes(),
+        key.serialize_pem().into_bytes(),
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())
+}
