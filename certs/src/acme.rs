@@ -31,6 +31,8 @@ const RETRY_CAP: Duration = Duration::from_secs(3600);
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
 /// Renewals of one host are at least this far apart, whatever the settings.
 const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
+/// A failing renewal this close to expiry is logged as an alert.
+const EXPIRY_ALERT: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Lifetime of the temporary self-signed certificate.
 const TEMPORARY_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -130,7 +132,7 @@ impl AcmeManager {
             }
             match load_pair(&self.files(host), SystemTime::now()) {
                 Ok(cert) => {
-                    let at = self.renewal_time(&cert, None);
+                    let at = self.due(&cert, None).await;
                     tracing::info!(%host, serial = %cert.info.serial, not_after = %humantime::format_rfc3339_seconds(cert.info.not_after), renew_at = %humantime::format_rfc3339_seconds(at), "ACME certificate loaded from the state directory");
                     let not_after = cert.info.not_after;
                     self.resolver.set_managed(host, cert);
@@ -186,6 +188,57 @@ impl AcmeManager {
         }
     }
 
+    /// When `cert` should be renewed: [`Self::renewal_time`], or earlier
+    /// inside the window the CA suggests through ACME Renewal Information
+    /// (RFC 9773) when it offers it.
+    async fn due(&self, cert: &LoadedCert, issued: Option<SystemTime>) -> SystemTime {
+        let ours = self.renewal_time(cert, issued);
+        match self.suggested_renewal(cert).await {
+            Some(at) if at < ours => {
+                let at = match issued {
+                    Some(issued) => at.max(issued + MIN_RENEWAL_GAP),
+                    None => at,
+                };
+                tracing::info!(serial = %cert.info.serial, renew_at = %humantime::format_rfc3339_seconds(at), "the CA suggests an earlier renewal");
+                at
+            }
+            _ => ours,
+        }
+    }
+
+    /// A time inside the CA's suggested renewal window, if it has one.
+    async fn suggested_renewal(&self, cert: &LoadedCert) -> Option<SystemTime> {
+        // Never create an account just to ask.
+        if self.account.lock().await.is_none() && !self.account_path().exists() {
+            return None;
+        }
+        let account = self.account().await.ok()?;
+        let leaf = cert.key.cert.first()?;
+        let id = instant_acme::CertificateIdentifier::try_from(leaf).ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, _)) => {
+                use rand::RngExt;
+                let start = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(
+                        u64::try_from(info.suggested_window.start.unix_timestamp()).ok()?,
+                    );
+                let end = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(
+                        u64::try_from(info.suggested_window.end.unix_timestamp()).ok()?,
+                    );
+                let span = end.duration_since(start).ok()?;
+                // A random point in the window spreads renewals, as RFC 9773 asks.
+                let offset = rand::rng().random_range(0..=span.as_secs());
+                Some(start + Duration::from_secs(offset))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "renewal information not available");
+                None
+            }
+        }
+    }
+
     /// When `cert` should be renewed: with `renew_before` (or a third of its
     /// lifetime) left, never sooner than `MIN_RENEWAL_GAP` after `issued`.
     fn renewal_time(&self, cert: &LoadedCert, issued: Option<SystemTime>) -> SystemTime {
@@ -212,7 +265,7 @@ impl AcmeManager {
         tracing::info!(%host, "ordering a certificate");
         match self.order(host).await {
             Ok(cert) => {
-                let at = self.renewal_time(&cert, Some(started));
+                let at = self.due(&cert, Some(started)).await;
                 tracing::info!(
                     %host, serial = %cert.info.serial,
                     not_after = %humantime::format_rfc3339_seconds(cert.info.not_after),
@@ -244,6 +297,16 @@ impl AcmeManager {
                     %host, failures, retry_in = ?wait,
                     "certificate order failed; the current certificate keeps serving: {e}"
                 );
+                let not_after = self.status().get(host).and_then(|s| s.not_after);
+                if let Some(left) = not_after.and_then(|n| n.duration_since(SystemTime::now()).ok())
+                {
+                    if left < EXPIRY_ALERT {
+                        tracing::error!(
+                            %host, days_left = left.as_secs() / 86_400,
+                            "certificate expires soon and cannot be renewed: act before it lapses"
+                        );
+                    }
+                }
                 self.update(host, |s| {
                     s.last_error = Some(e.to_string());
                     s.next_attempt = Some(at);
