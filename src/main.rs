@@ -7,6 +7,7 @@
 //! and `reload.rs`.
 
 mod assets;
+mod control;
 mod demo;
 mod logging;
 mod reload;

@@ -20,9 +20,11 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use switchyard_admin::Refusal;
 use switchyard_certs::{load_pair, CertResolver, LoadedCert};
 use switchyard_config::Config;
 use switchyard_proxy::{HealthRegistry, SharedSnapshot, Snapshot};
+use toml_edit::DocumentMut;
 
 use crate::assets::{log_cert, Assets};
 use crate::error_chain;
@@ -30,6 +32,61 @@ use crate::error_chain;
 /// Editors and deploy tools save in several steps; wait this long after the
 /// last event before reading the files.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// This generation is now serving.
+    Applied(u64),
+    /// Nothing changed; this generation keeps serving.
+    Unchanged(u64),
+    /// Refused, for these reasons; the current generation keeps serving.
+    Rejected(Vec<String>),
+}
+
+/// The last reload, for the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    /// When it happened.
+    pub at: SystemTime,
+    /// What started it.
+    pub trigger: String,
+    /// The generation it applied, or why it was refused.
+    pub result: Result<u64, Vec<String>>,
+}
+
+impl State {
+    fn record(&mut self, trigger: &str, result: Result<u64, Vec<String>>) {
+        self.last_reload = Some(LastReload {
+            at: SystemTime::now(),
+            trigger: trigger.to_string(),
+            result,
+        });
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same
+/// directory, fsync, rename), keeping the file's permissions.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.switchyard-tmp"));
+    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Some(p) = permissions {
+            f.set_permissions(p)?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
 
 /// What generation 1 is served with, handed to the [`Reloader`].
 pub struct Serving {
@@ -65,6 +122,10 @@ struct State {
     pending: Option<Config>,
     /// Text of the file as last applied or refused, to skip no-op events.
     last_text: String,
+    /// Text of the config serving (the base for admin changes).
+    applied_text: String,
+    /// When the last reload happened and how it ended.
+    last_reload: Option<LastReload>,
     generation: u64,
     /// The certificates being served, in `current.tls.certificates` order.
     certs: Vec<LoadedCert>,
@@ -93,7 +154,9 @@ impl Reloader {
                 current: boot.clone(),
                 boot,
                 pending: None,
+                applied_text: text.clone(),
                 last_text: text,
+                last_reload: None,
                 generation: 1,
                 certs: serving.certs,
                 refused: HashMap::new(),
@@ -103,11 +166,11 @@ impl Reloader {
 
     /// Looks at the config file and the certificate files and applies what
     /// changed and is valid.
-    pub fn reload(&self, trigger: &str) {
+    pub fn reload(&self, trigger: &str) -> Outcome {
         let started = Instant::now();
         let Ok(mut state) = self.state.lock() else {
             tracing::error!("reload state is poisoned; reloads are disabled");
-            return;
+            return Outcome::Rejected(vec!["reload state is poisoned".into()]);
         };
         let file = self.path.display().to_string();
         let text = match std::fs::read_to_string(&self.path) {
@@ -117,24 +180,25 @@ impl Reloader {
                     %file, %trigger, generation = state.generation, error = %e,
                     "config reload failed: cannot read the file; still serving the current generation"
                 );
-                return;
+                let errors = vec![format!("cannot read {file}: {e}")];
+                state.record(trigger, Err(errors.clone()));
+                return Outcome::Rejected(errors);
             }
         };
         if state.last_text == text {
             if let Some(config) = state.pending.take() {
-                self.apply(&mut state, config, trigger, started);
-            } else {
-                if trigger == "SIGHUP" {
-                    tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
-                }
-                self.check_certificates(&mut state);
+                return self.apply(&mut state, config, text, trigger, started);
             }
-            return;
+            if trigger == "SIGHUP" {
+                tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+            }
+            self.check_certificates(&mut state);
+            return Outcome::Unchanged(state.generation);
         }
-        state.last_text = text;
+        state.last_text = text.clone();
         state.pending = None;
-        match Config::parse(&state.last_text, &file) {
-            Ok(config) => self.apply(&mut state, config, trigger, started),
+        match Config::parse(&text, &file) {
+            Ok(config) => self.apply(&mut state, config, text, trigger, started),
             Err(diags) => {
                 for d in &diags.0 {
                     tracing::error!(%trigger, "{d}");
@@ -143,12 +207,22 @@ impl Reloader {
                     %file, %trigger, generation = state.generation, problems = diags.0.len(),
                     "config reload rejected; still serving the current generation"
                 );
+                let errors: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
+                state.record(trigger, Err(errors.clone()));
+                Outcome::Rejected(errors)
             }
         }
     }
 
     /// Loads the files `config` names and, if all are good, serves it.
-    fn apply(&self, state: &mut State, config: Config, trigger: &str, started: Instant) {
+    fn apply(
+        &self,
+        state: &mut State,
+        config: Config,
+        text: String,
+        trigger: &str,
+        started: Instant,
+    ) -> Outcome {
         let file = self.path.display().to_string();
         let assets = match Assets::load(&config) {
             Ok(a) => a,
@@ -161,9 +235,26 @@ impl Reloader {
                     "config reload rejected: files it names cannot be used; still serving the current generation"
                 );
                 state.pending = Some(config);
-                return;
+                let errors: Vec<String> = errors.iter().map(|e| error_chain(e)).collect();
+                state.record(trigger, Err(errors.clone()));
+                return Outcome::Rejected(errors);
             }
         };
+        let generation = self.install(state, config, text, assets, trigger, started);
+        Outcome::Applied(generation)
+    }
+
+    /// Serves `config` (valid, with its files loaded) as the next generation.
+    fn install(
+        &self,
+        state: &mut State,
+        config: Config,
+        text: String,
+        assets: Assets,
+        trigger: &str,
+        started: Instant,
+    ) -> u64 {
+        let file = self.path.display().to_string();
         for change in state.boot.restart_required(&config) {
             tracing::warn!(%file, "restart required: {change}; the running value is kept");
         }
@@ -203,6 +294,72 @@ impl Reloader {
             "config applied"
         );
         state.current = config;
+        state.applied_text = text;
+        state.record(trigger, Ok(generation));
+        generation
+    }
+
+    /// Changes the config the way `edit` says: validated like the file,
+    /// written back to it (comments and layout kept, atomically), then
+    /// served. `if_match` must name the generation serving, if given.
+    /// Nothing is applied unless the file was written.
+    pub fn edit(
+        &self,
+        if_match: Option<u64>,
+        trigger: &str,
+        edit: impl FnOnce(&mut DocumentMut, &Config) -> Result<(), Refusal>,
+    ) -> Result<u64, Refusal> {
+        let started = Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| Refusal::new(500, "reload state is poisoned"))?;
+        if let Some(expected) = if_match {
+            if expected != state.generation {
+                return Err(Refusal::new(
+                    409,
+                    format!(
+                        "the change was based on generation {expected}, but generation {} is serving",
+                        state.generation
+                    ),
+                ));
+            }
+        }
+        let mut doc: DocumentMut = state
+            .applied_text
+            .parse()
+            .map_err(|e| Refusal::new(500, format!("the serving config does not parse: {e}")))?;
+        edit(&mut doc, &state.current)?;
+        let text = doc.to_string();
+        let file = self.path.display().to_string();
+        let config = Config::parse(&text, &file).map_err(|diags| Refusal {
+            status: 400,
+            reason: "the change makes the config invalid".into(),
+            details: diags.0.iter().map(|d| d.to_string()).collect(),
+        })?;
+        let assets = Assets::load(&config).map_err(|errors| Refusal {
+            status: 400,
+            reason: "files the config names cannot be used".into(),
+            details: errors.iter().map(|e| error_chain(e)).collect(),
+        })?;
+        write_atomically(&self.path, text.as_bytes()).map_err(|e| {
+            Refusal::new(
+                500,
+                format!("cannot write {file}: {e}; nothing was changed"),
+            )
+        })?;
+        // The watcher will see this write; the same text is then a no-op.
+        state.last_text = text.clone();
+        state.pending = None;
+        Ok(self.install(&mut state, config, text, assets, trigger, started))
+    }
+
+    /// The generation serving and the last reload's outcome.
+    pub fn summary(&self) -> (u64, Option<LastReload>) {
+        match self.state.lock() {
+            Ok(s) => (s.generation, s.last_reload.clone()),
+            Err(_) => (0, None),
+        }
     }
 
     /// Swaps in certificate files that changed under the running config.
@@ -361,9 +518,12 @@ async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     }
 }
 
+/// Runs a shared [`Reloader`]'s watch loop.
+pub struct ReloadService(pub Arc<Reloader>);
+
 #[async_trait]
-impl BackgroundService for Reloader {
+impl BackgroundService for ReloadService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.watch(shutdown).await;
+        self.0.watch(shutdown).await;
     }
 }

@@ -16,12 +16,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
+use switchyard_admin::{AdminApi, Token};
 use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
-use switchyard_config::Config;
+use switchyard_config::{Config, TokenSource};
 use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
 
 use crate::assets::{log_cert, Assets};
-use crate::reload::{Reloader, Serving};
+use crate::control::Controller;
+use crate::reload::{ReloadService, Reloader, Serving};
 
 /// Read buffer per client connection. The framework's default (64 KiB,
 /// allocated and zeroed at accept) makes every idle connection cost that
@@ -33,7 +35,11 @@ const CLIENT_READ_BUFFER: usize = 4 * 1024;
 /// Runs the proxy until it is told to stop; only returns on a startup error.
 pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result<Infallible> {
     // A port in use would otherwise be retried silently for 30 s.
-    for (key, addr) in [("http", config.listen.http), ("https", config.listen.https)] {
+    for (key, addr) in [
+        ("http", config.listen.http),
+        ("https", config.listen.https),
+        ("admin", config.listen.admin),
+    ] {
         if let Some(addr) = addr {
             TcpListener::bind(addr)
                 .with_context(|| format!("listen.{key} {addr} is not available"))?;
@@ -133,22 +139,55 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
     };
     server.add_service(proxy);
 
+    let mut acme_manager = None;
     if let (Some(acme), Some(resolver)) = (config.acme.clone(), resolver.clone()) {
         let manager = Arc::new(AcmeManager::new(acme, resolver, challenges));
-        server.add_service(background_service("ACME", AcmeService(manager)));
+        server.add_service(background_service("ACME", AcmeService(manager.clone())));
+        acme_manager = Some(manager);
     }
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(snapshot.clone()),
     ));
+    let admin = config.listen.admin.map(|addr| (addr, config.admin.clone()));
     let serving = Serving {
-        snapshot,
-        health,
+        snapshot: snapshot.clone(),
+        health: health.clone(),
         resolver: resolver.clone(),
         certs: assets.certs,
     };
-    let reloader = Reloader::new(config_path, config, text, serving, early_hup);
-    server.add_service(background_service("config reload", reloader));
+    let reloader = Arc::new(Reloader::new(config_path, config, text, serving, early_hup));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService(reloader.clone()),
+    ));
+    if let Some((addr, settings)) = admin {
+        let tokens = load_tokens(&settings)?;
+        let controller = Controller {
+            reloader,
+            snapshot,
+            health,
+            resolver: resolver.clone(),
+            acme: acme_manager,
+            started: std::time::SystemTime::now(),
+        };
+        let api = AdminApi::new(Arc::new(controller), tokens, settings.audit_log.as_deref())
+            .with_context(|| {
+                format!(
+                    "cannot open the audit log {}",
+                    settings
+                        .audit_log
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )
+            })?;
+        let mut service =
+            pingora::services::listening::Service::new("switchyard admin".into(), api);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+        tracing::info!(admin = %addr, "admin API listening");
+    }
     server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { in_flight, grace },
@@ -166,6 +205,36 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
 
 fn buffers() -> L4BufferSettings {
     L4BufferSettings::new(CLIENT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
+}
+
+/// Reads each token's secret from its file or environment variable.
+fn load_tokens(settings: &switchyard_config::Admin) -> anyhow::Result<Vec<Token>> {
+    let mut tokens = Vec::new();
+    for t in &settings.tokens {
+        let secret = match &t.source {
+            TokenSource::File(path) => std::fs::read_to_string(path).with_context(|| {
+                format!("admin token {:?}: cannot read {}", t.name, path.display())
+            })?,
+            TokenSource::Env(var) => std::env::var(var).with_context(|| {
+                format!(
+                    "admin token {:?}: environment variable {var} is not set",
+                    t.name
+                )
+            })?,
+        };
+        let secret = secret.trim().as_bytes().to_vec();
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "admin token {:?}: the secret must be at least 16 characters",
+            t.name
+        );
+        tokens.push(Token {
+            name: t.name.clone(),
+            role: t.role,
+            secret,
+        });
+    }
+    Ok(tokens)
 }
 
 /// Runs the ACME manager until shutdown.

@@ -30,6 +30,8 @@ pub struct Config {
     pub tls: Tls,
     /// Certificates obtained and renewed automatically, if configured.
     pub acme: Option<Acme>,
+    /// Admin API settings.
+    pub admin: Admin,
     /// Routes in file order.
     pub routes: Vec<Route>,
     /// Services sorted by name.
@@ -43,6 +45,46 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     /// HTTPS listener (HTTP/1.1 and HTTP/2 over TLS).
     pub https: Option<SocketAddr>,
+    /// Admin API listener.
+    pub admin: Option<SocketAddr>,
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admin {
+    /// Append-only JSON lines, one per change.
+    pub audit_log: Option<PathBuf>,
+    /// Who may call the API; none means no authentication (loopback only).
+    pub tokens: Vec<AdminToken>,
+}
+
+/// An admin API bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Name recorded in the audit log.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where its secret is.
+    pub source: TokenSource,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Read status and metrics.
+    Read,
+    /// Read, and change traffic.
+    Write,
+}
+
+/// Where a token's secret is kept (never in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file holding the secret (surrounding whitespace ignored).
+    File(PathBuf),
+    /// An environment variable holding the secret.
+    Env(String),
 }
 
 /// Certificates served on the HTTPS listener, and HTTPS policy.
@@ -331,6 +373,16 @@ impl Config {
         }
         if self.server.threads != next.server.threads {
             changes.push("server.threads changed".to_string());
+        }
+        if self.listen.admin != next.listen.admin {
+            changes.push(format!(
+                "listen.admin changed from {} to {}",
+                show(self.listen.admin),
+                show(next.listen.admin)
+            ));
+        }
+        if self.admin != next.admin {
+            changes.push("[admin] changed".to_string());
         }
         if self.acme != next.acme {
             changes.push("[acme] changed".to_string());

@@ -13,8 +13,9 @@ use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
-    Acme, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics, HealthCheck, HostMatch,
-    Hsts, HttpCheck, Listen, Outlier, Pool, Route, ServerSettings, Service, Tls, UpstreamTls,
+    Acme, Admin, AdminToken, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics,
+    HealthCheck, HostMatch, Hsts, HttpCheck, Listen, Outlier, Pool, Role, Route, ServerSettings,
+    Service, Tls, TokenSource, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -38,12 +39,15 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
     w.known_keys(
         root,
         "",
-        &["listen", "server", "tls", "acme", "routes", "services"],
+        &[
+            "listen", "server", "tls", "acme", "admin", "routes", "services",
+        ],
     );
     let listen = w.listen(root);
     let has_https = listen.as_ref().is_some_and(|l| l.https.is_some());
     let server = w.server(root);
     let acme = w.acme(root, listen.as_ref());
+    let admin = w.admin(root, listen.as_ref());
     let tls = w.tls(
         root,
         listen.as_ref(),
@@ -52,15 +56,18 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
     let services = w.services(root);
     let routes = w.routes(root, &services, has_https);
     w.diags.sort_by_key(|d| (d.line, d.column));
-    match (listen, server, tls, acme) {
-        (Some(listen), Some(server), Some(tls), Some(acme)) if w.diags.is_empty() => Ok(Config {
-            listen,
-            server,
-            tls,
-            acme,
-            routes,
-            services: services.into_values().collect(),
-        }),
+    match (listen, server, tls, acme, admin) {
+        (Some(listen), Some(server), Some(tls), Some(acme), Some(admin)) if w.diags.is_empty() => {
+            Ok(Config {
+                listen,
+                server,
+                tls,
+                acme,
+                admin,
+                routes,
+                services: services.into_values().collect(),
+            })
+        }
         _ => {
             // Defensive: a missing section always records a problem, so the
             // list is not empty here; keep the contract if that ever changes.
@@ -225,7 +232,7 @@ impl<'a> Walk<'a> {
             return None;
         };
         let table = self.table(item, None, "listen")?;
-        self.known_keys(table, "listen", &["http", "https"]);
+        self.known_keys(table, "listen", &["http", "https", "admin"]);
         let mut ok = true;
         let mut addr = |w: &mut Self, key: &str| match table.get(key) {
             None => None,
@@ -237,6 +244,7 @@ impl<'a> Walk<'a> {
         };
         let http = addr(self, "http");
         let https = addr(self, "https");
+        let admin = addr(self, "admin");
         if !ok {
             return None;
         }
@@ -248,17 +256,21 @@ impl<'a> Walk<'a> {
             );
             return None;
         }
-        if let (Some(h), Some(s)) = (http, https) {
-            if h == s {
+        let named = [("http", http), ("https", https), ("admin", admin)];
+        for (i, (key, a)) in named.iter().enumerate() {
+            if let Some((other, _)) = named[..i].iter().find(|(_, b)| a.is_some() && b == a) {
                 self.error(
-                    table.get("https").and_then(|v| v.span()),
-                    "listen.https",
-                    format!("{s} is also listen.http; each listener needs its own address"),
+                    table.get(key).and_then(|v| v.span()),
+                    &format!("listen.{key}"),
+                    format!(
+                        "{} is also listen.{other}; each listener needs its own address",
+                        a.map(|a| a.to_string()).unwrap_or_default()
+                    ),
                 );
                 return None;
             }
         }
-        Some(Listen { http, https })
+        Some(Listen { http, https, admin })
     }
 
     fn boolean(&mut self, item: &Item, path: &str) -> Option<bool> {
@@ -281,6 +293,114 @@ impl<'a> Walk<'a> {
             return None;
         }
         Some(self.base_dir.join(raw))
+    }
+
+    /// The `[admin]` table.
+    fn admin(&mut self, root: &dyn TableLike, listen: Option<&Listen>) -> Option<Admin> {
+        let mut admin = Admin::default();
+        let mut ok = true;
+        let item = root.get("admin");
+        if let Some(item) = item {
+            let table = self.table(item, None, "admin")?;
+            self.known_keys(table, "admin", &["audit_log", "tokens"]);
+            if let Some(v) = table.get("audit_log") {
+                admin.audit_log = self.file_path(v, "admin.audit_log");
+                ok &= admin.audit_log.is_some();
+            }
+            if let Some(tokens) = table.get("tokens") {
+                let entries = self.table_array(
+                    tokens,
+                    table.key("tokens").and_then(|k| k.span()),
+                    "admin.tokens",
+                );
+                for (i, (t, span)) in entries.into_iter().enumerate() {
+                    let path = format!("admin.tokens[{i}]");
+                    self.known_keys(t, &path, &["name", "role", "file", "env"]);
+                    let anchor = span.or_else(|| first_key_span(t));
+                    let name = match t.get("name") {
+                        Some(v) => self.string(v, &format!("{path}.name")).map(str::to_string),
+                        None => {
+                            self.error(
+                                anchor.clone(),
+                                &format!("{path}.name"),
+                                "missing key; a name for the audit log is required",
+                            );
+                            None
+                        }
+                    };
+                    let role = match t
+                        .get("role")
+                        .map(|v| (v, self.string(v, &format!("{path}.role"))))
+                    {
+                        Some((_, Some("read"))) => Some(Role::Read),
+                        Some((_, Some("write"))) => Some(Role::Write),
+                        Some((v, Some(other))) => {
+                            self.error(
+                                v.span(),
+                                &format!("{path}.role"),
+                                format!("unknown role {other:?}; expected \"read\" or \"write\""),
+                            );
+                            None
+                        }
+                        Some((_, None)) => None,
+                        None => {
+                            self.error(
+                                anchor.clone(),
+                                &format!("{path}.role"),
+                                "missing key; \"read\" or \"write\"",
+                            );
+                            None
+                        }
+                    };
+                    let source = match (t.get("file"), t.get("env")) {
+                        (Some(f), None) => self
+                            .file_path(f, &format!("{path}.file"))
+                            .map(TokenSource::File),
+                        (None, Some(e)) => self
+                            .string(e, &format!("{path}.env"))
+                            .map(|e| TokenSource::Env(e.to_string())),
+                        (Some(_), Some(e)) => {
+                            self.error(
+                                e.span(),
+                                &format!("{path}.env"),
+                                "give `file` or `env`, not both",
+                            );
+                            None
+                        }
+                        (None, None) => {
+                            self.error(
+                                anchor.clone(),
+                                &path,
+                                "missing `file` or `env`: where the token's secret is (never the secret itself)",
+                            );
+                            None
+                        }
+                    };
+                    match (name, role, source) {
+                        (Some(name), Some(role), Some(source)) => {
+                            admin.tokens.push(AdminToken { name, role, source })
+                        }
+                        _ => ok = false,
+                    }
+                }
+            }
+        }
+        if let Some(addr) = listen.and_then(|l| l.admin) {
+            if !addr.ip().is_loopback() && admin.tokens.is_empty() && ok {
+                let span = root
+                    .get("listen")
+                    .and_then(|l| l.as_table_like())
+                    .and_then(|t| t.get("admin"))
+                    .and_then(|v| v.span());
+                self.error(
+                    span,
+                    "listen.admin",
+                    format!("{addr} is not a loopback address: add `[[admin.tokens]]` so the admin API is not open to the network"),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(admin)
     }
 
     /// The `[acme]` table: `Some(None)` when absent, `None` when invalid.
@@ -1612,7 +1732,7 @@ wat = 1
             errs,
             vec![
                 "t.toml:3:8: listen.http: invalid address \"localhost\"; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`",
+                "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`, `admin`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
                 "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `tls`, `sni`, `ca`, `insecure_skip_verify`, `health`",

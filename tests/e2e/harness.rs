@@ -286,6 +286,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The HTTPS listener, if started with one.
     pub https: Option<SocketAddr>,
+    /// The admin listener, if started with one.
+    pub admin: Option<SocketAddr>,
     /// The config file it runs.
     pub config_path: PathBuf,
     log_path: PathBuf,
@@ -308,6 +310,8 @@ pub struct ProxyOptions {
     pub dir: Option<tempfile::TempDir>,
     /// The plain listener's port (a free one by default).
     pub http_port: Option<u16>,
+    /// Whether to add an admin listener.
+    pub admin: bool,
 }
 
 impl Default for ProxyOptions {
@@ -318,6 +322,7 @@ impl Default for ProxyOptions {
             global_args: Vec::new(),
             dir: None,
             http_port: None,
+            admin: false,
         }
     }
 }
@@ -350,6 +355,13 @@ impl Proxy {
             .https
             .then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
         let https_line = https.map_or(String::new(), |a| format!("https = \"{a}\"\n"));
+        let admin: Option<SocketAddr> = options
+            .admin
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
+        let https_line = match admin {
+            Some(a) => format!("{https_line}admin = \"{a}\"\n"),
+            None => https_line,
+        };
         let header = format!(
             "[listen]\nhttp = \"{addr}\"\n{https_line}\n[server]\n{}\n",
             options.server
@@ -371,6 +383,7 @@ impl Proxy {
         let mut proxy = Proxy {
             addr,
             https,
+            admin,
             config_path,
             log_path,
             child: Some(child),
@@ -386,15 +399,33 @@ impl Proxy {
         self.dir.path()
     }
 
+    /// The config file now, without the `[listen]` and `[server]` header
+    /// this harness wrote (which changes stay clear of).
+    pub fn body_now(&self) -> String {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        text.strip_prefix(&self.header)
+            .expect("the header is intact")
+            .to_string()
+    }
+
+    /// Stops the process (SIGKILL) and hands back its directory.
+    pub fn kill_keep_dir(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
+    }
+
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let http = tokio::net::TcpStream::connect(self.addr).await.is_ok();
-            let https = match self.https {
-                Some(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
-                None => true,
-            };
-            if http && https {
+            let mut others = true;
+            for a in self.https.iter().chain(self.admin.iter()) {
+                others &= tokio::net::TcpStream::connect(a).await.is_ok();
+            }
+            if http && others {
                 return;
             }
             if let Some(status) = self.try_wait() {

@@ -5,6 +5,7 @@ mod harness;
 mod pki;
 
 mod acme;
+mod admin;
 mod check;
 mod failover;
 mod headers;

@@ -1,0 +1,390 @@
+//! The admin API: authentication, status, split and switch with write-back,
+//! generations, reloads and the audit log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::harness::{tally, Client, Proxy, ProxyOptions, Upstream};
+
+const WRITE_TOKEN: &str = "deploy-bot-secret-0123456789";
+const READ_TOKEN: &str = "viewer-secret-abcdefghijklmnop";
+
+/// One admin request; returns the status and the JSON body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    if_match: Option<u64>,
+) -> (u16, Value) {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(g) = if_match {
+        req = req.header("if-match", g.to_string());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// A blue/green service with the admin API, two tokens and an audit log.
+async fn admin_proxy(blue: SocketAddr, green: SocketAddr, extra: &str) -> Proxy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("deploy.token"), format!("{WRITE_TOKEN}\n")).expect("token");
+    std::fs::write(dir.path().join("viewer.token"), READ_TOKEN).expect("token");
+    let body = format!(
+        r#"[admin]
+audit_log = "audit.jsonl"
+
+[[admin.tokens]]
+name = "deploy-bot"
+role = "write"
+file = "deploy.token"
+
+[[admin.tokens]]
+name = "viewer"
+role = "read"
+file = "viewer.token"
+
+# The storefront.
+[[routes]]
+service = "shop"
+
+[services.shop]
+split = {{ blue = 100, green = 0 }}   # share of traffic per pool
+{extra}
+[services.shop.pools.blue]
+backends = ["{blue}"]
+
+[services.shop.pools.green]
+backends = ["{green}"]
+"#
+    );
+    Proxy::start_with(
+        &body,
+        ProxyOptions {
+            admin: true,
+            dir: Some(dir),
+            ..ProxyOptions::default()
+        },
+    )
+    .await
+}
+
+fn audit_lines(proxy: &Proxy) -> Vec<Value> {
+    std::fs::read_to_string(proxy.dir().join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_are_enforced() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+    let split = Some(r#"{"blue": 50, "green": 50}"#);
+
+    assert_eq!(
+        call(admin, "GET", "/api/v1/status", None, None, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            admin,
+            "GET",
+            "/api/v1/status",
+            Some("wrong-token-wrong-token"),
+            None,
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            admin,
+            "PUT",
+            "/api/v1/services/shop/split",
+            Some(READ_TOKEN),
+            split,
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, health) = call(admin, "GET", "/health", None, None, None).await;
+    assert_eq!(
+        (
+            status,
+            health["status"].as_str(),
+            health["generation"].as_u64()
+        ),
+        (200, Some("ok"), Some(1))
+    );
+
+    let (status, doc) = call(admin, "GET", "/api/v1/status", Some(READ_TOKEN), None, None).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["generation"], 1);
+    let pools = &doc["services"][0]["pools"];
+    assert_eq!(pools[0]["name"], "blue");
+    assert_eq!(pools[0]["effective_percent"], 100.0);
+    assert_eq!(pools[1]["backends"][0]["address"], green.addr.to_string());
+    assert_eq!(
+        call(
+            admin,
+            "GET",
+            "/api/v1/nothing",
+            Some(READ_TOKEN),
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert!(audit_lines(&proxy).is_empty(), "reads are not audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_change_applies_at_once_is_written_back_and_survives_a_restart() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+
+    // Refusals carry the reason, like the file would.
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 0, "green": 0}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["details"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("every share is zero"),
+        "{body}"
+    );
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"purple": 5}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["details"][0].as_str().unwrap_or("").contains("purple"),
+        "{body}"
+    );
+    assert_eq!(
+        call(
+            admin,
+            "PUT",
+            "/api/v1/services/nope/split",
+            Some(WRITE_TOKEN),
+            Some("{}"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 0, "green": 100}"#),
+        Some(1),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(body["before"]["blue"], 100);
+    assert_eq!(body["after"]["green"], 100);
+    let (bodies, failures) = tally(&Client::new(), &proxy.url("/"), 100, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        bodies.get("green"),
+        Some(&100),
+        "the change is live at once"
+    );
+
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    assert!(
+        text.contains("# The storefront."),
+        "comments are kept:\n{text}"
+    );
+    assert!(
+        text.contains("split = { blue = 0, green = 100 }   # share of traffic per pool"),
+        "layout is kept:\n{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !proxy.logs().contains("generation=3"),
+        "the write-back is not applied twice"
+    );
+
+    // A restart reads the file the API wrote.
+    let body = proxy.body_now();
+    let dir = proxy.kill_keep_dir();
+    let proxy = Proxy::start_with(
+        &body,
+        ProxyOptions {
+            admin: true,
+            dir: Some(dir),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let (bodies, _) = tally(&Client::new(), &proxy.url("/"), 50, 2).await;
+    assert_eq!(
+        bodies.get("green"),
+        Some(&50),
+        "the change survived the restart"
+    );
+
+    let audit = audit_lines(&proxy);
+    assert_eq!(audit.len(), 4, "one line per change attempt: {audit:?}");
+    let ok: Vec<&Value> = audit.iter().filter(|l| l["result"] == "ok").collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0]["token"], "deploy-bot");
+    assert_eq!(ok[0]["action"], "split");
+    assert_eq!(ok[0]["after"]["green"], 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_on_one_generation_one_wins() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+    let a = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 60, "green": 40}"#),
+        Some(1),
+    );
+    let b = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 40, "green": 60}"#),
+        Some(1),
+    );
+    let ((sa, _), (sb, _)) = tokio::join!(a, b);
+    let mut statuses = [sa, sb];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switch_is_refused_to_a_dead_pool_unless_forced() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let checks = "\n[services.shop.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\n";
+    let proxy = admin_proxy(blue.addr, green.addr, checks).await;
+    let admin = proxy.admin.expect("admin");
+    let green_addr = green.addr;
+    green.kill();
+    proxy.wait_for_log(&format!("backend={green_addr}")).await;
+    let (status, body) = call(
+        admin,
+        "POST",
+        "/api/v1/services/shop/switch",
+        Some(WRITE_TOKEN),
+        Some(r#"{"to": "green"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = call(
+        admin,
+        "POST",
+        "/api/v1/services/shop/switch",
+        Some(WRITE_TOKEN),
+        Some(r#"{"to": "green", "force": true}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["after"]["green"], 100);
+    assert_eq!(body["after"]["blue"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_endpoint_reports_a_refused_file() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    proxy.write_in_place(&text.replace("green = 0", "green = \"lots\""));
+    let (status, body) = call(
+        admin,
+        "POST",
+        "/api/v1/reload",
+        Some(WRITE_TOKEN),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["details"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("services.shop.split.green: expected an integer"),
+        "{body}"
+    );
+    let (_, doc) = call(admin, "GET", "/api/v1/status", Some(READ_TOKEN), None, None).await;
+    assert_eq!(doc["last_reload"]["result"], "rejected", "{doc}");
+    assert_eq!(doc["generation"], 1);
+}
