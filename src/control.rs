@@ -30,6 +30,8 @@ pub struct Controller {
     pub acme: Option<Arc<AcmeManager>>,
     /// When the process started.
     pub started: SystemTime,
+    /// Renders the metrics registry.
+    pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 fn time(t: SystemTime) -> String {
@@ -300,6 +302,49 @@ impl Control for Controller {
             .collect();
         drop(snapshot);
         self.change(service, &shares, if_match, "admin API: switch")
+    }
+
+    fn metrics(&self) -> String {
+        // Gauges that describe state are set at scrape time.
+        let snapshot = self.snapshot.load_full();
+        for s in snapshot.services.iter() {
+            let live: u32 = s
+                .pools
+                .iter()
+                .filter(|p| p.backends.iter().any(|b| b.health.available()))
+                .map(|p| p.share)
+                .sum();
+            for p in s.pools.iter() {
+                let available = p.backends.iter().filter(|b| b.health.available()).count();
+                let labels = [("service", s.name.clone()), ("pool", p.name.clone())];
+                metrics::gauge!("switchyard_pool_backends_available", &labels)
+                    .set(available as f64);
+                metrics::gauge!("switchyard_pool_backends", &labels).set(p.backends.len() as f64);
+                let effective = if available == 0 || live == 0 {
+                    0.0
+                } else {
+                    f64::from(p.share) / f64::from(live)
+                };
+                metrics::gauge!("switchyard_pool_effective_share", &labels).set(effective);
+            }
+            metrics::gauge!("switchyard_service_panic_mode", "service" => s.name.clone())
+                .set(if s.health.in_panic() { 1.0 } else { 0.0 });
+        }
+        for info in self
+            .resolver
+            .iter()
+            .flat_map(|r| r.table().infos().to_vec())
+        {
+            for name in &info.names {
+                metrics::gauge!("switchyard_certificate_not_after_seconds", "name" => name.clone())
+                    .set(info.not_after_unix() as f64);
+            }
+        }
+        metrics::counter!("switchyard_tls_handshake_failures_total")
+            .absolute(crate::tls_log::handshake_failures());
+        let (generation, _) = self.reloader.summary();
+        metrics::gauge!("switchyard_config_generation").set(generation as f64);
+        self.prometheus.render()
     }
 
     fn reload(&self) -> Result<Change, Refusal> {

@@ -57,6 +57,15 @@ pub struct LastReload {
 
 impl State {
     fn record(&mut self, trigger: &str, result: Result<u64, Vec<String>>) {
+        metrics::counter!(
+            "switchyard_config_reloads_total",
+            "result" => if result.is_ok() { "applied" } else { "rejected" }
+        )
+        .increment(1);
+        if let Ok(now) = SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            metrics::gauge!("switchyard_config_last_reload_timestamp_seconds")
+                .set(now.as_secs_f64());
+        }
         self.last_reload = Some(LastReload {
             at: SystemTime::now(),
             trigger: trigger.to_string(),

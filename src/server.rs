@@ -16,6 +16,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchyard_admin::{AdminApi, Token};
 use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
 use switchyard_config::{Config, TokenSource};
@@ -45,6 +46,17 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
                 .with_context(|| format!("listen.{key} {addr} is not available"))?;
         }
     }
+    // Before any metric handle is made: handles made earlier would be no-ops.
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(switchyard_proxy::metrics::REQUEST_DURATION.into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
     let assets = match Assets::load(&config) {
         Ok(a) => a,
         Err(errors) => {
@@ -170,6 +182,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
             resolver: resolver.clone(),
             acme: acme_manager,
             started: std::time::SystemTime::now(),
+            prometheus: prometheus.clone(),
         };
         let api = AdminApi::new(Arc::new(controller), tokens, settings.audit_log.as_deref())
             .with_context(|| {
@@ -188,6 +201,10 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         server.add_service(service);
         tracing::info!(admin = %addr, "admin API listening");
     }
+    server.add_service(background_service(
+        "metrics upkeep",
+        MetricsUpkeep(prometheus),
+    ));
     server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { in_flight, grace },
@@ -235,6 +252,22 @@ fn load_tokens(settings: &switchyard_config::Admin) -> anyhow::Result<Vec<Token>
         });
     }
     Ok(tokens)
+}
+
+/// Drains histogram buckets now and then, as the exporter needs.
+struct MetricsUpkeep(PrometheusHandle);
+
+#[async_trait]
+impl BackgroundService for MetricsUpkeep {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.0.run_upkeep(),
+            }
+        }
+    }
 }
 
 /// Runs the ACME manager until shutdown.

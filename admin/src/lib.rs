@@ -46,6 +46,8 @@ pub trait Control: Send + Sync {
     ) -> Result<Change, Refusal>;
     /// Re-reads the config file now.
     fn reload(&self) -> Result<Change, Refusal>;
+    /// Metrics in the Prometheus text format.
+    fn metrics(&self) -> String;
 }
 
 /// An accepted change.
@@ -165,6 +167,12 @@ impl AdminApi {
         target: Value,
         outcome: &Result<Change, Refusal>,
     ) {
+        metrics::counter!(
+            "switchyard_admin_changes_total",
+            "action" => action.to_string(),
+            "result" => if outcome.is_ok() { "ok" } else { "refused" }
+        )
+        .increment(1);
         let Some(audit) = &self.audit else {
             return;
         };
@@ -338,6 +346,15 @@ impl ServeHttp for AdminApi {
         }
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["api", "v1", "status"]) => respond(200, &self.control.status()),
+            ("GET", ["metrics"]) => {
+                let text = self.control.metrics().into_bytes();
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", text.len())
+                    .body(text)
+                    .unwrap_or_else(|_| Response::new(Vec::new()))
+            }
             ("PUT", ["api", "v1", "services", service, "split"]) => {
                 let service = service.to_string();
                 let generation = match if_match(session) {

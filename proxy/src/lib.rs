@@ -11,6 +11,7 @@
 
 pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshot;
 

@@ -38,6 +38,7 @@ pub struct Proxy {
     snapshot: SharedSnapshot,
     in_flight: InFlight,
     challenges: Arc<ChallengeStore>,
+    unrouted: metrics::Counter,
 }
 
 impl Proxy {
@@ -53,6 +54,7 @@ impl Proxy {
             snapshot,
             in_flight,
             challenges,
+            unrouted: metrics::counter!(crate::metrics::UNROUTED),
         }
     }
 }
@@ -98,6 +100,8 @@ pub struct RequestCtx {
     last: Option<(u16, u32)>,
     /// Backends that failed for this request (allocates only on failure).
     tried: Vec<(u16, u32)>,
+    /// When the request started.
+    started: std::time::Instant,
     _in_flight: InFlightGuard,
 }
 
@@ -191,6 +195,7 @@ impl ProxyHttp for Proxy {
             current: None,
             last: None,
             tried: Vec::new(),
+            started: std::time::Instant::now(),
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -219,6 +224,7 @@ impl ProxyHttp for Proxy {
         }
         let host = request_host(&req.uri, &req.headers);
         let Some(target) = ctx.snapshot.router.route(&host, path) else {
+            self.unrouted.increment(1);
             respond_text(session, 404, NOT_FOUND, None).await?;
             return Ok(true);
         };
@@ -279,9 +285,17 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some((service, (pool, _))) = ctx.service().zip(ctx.current) {
+            if let Some(p) = service.pools.get(pool as usize) {
+                p.metrics.connect_failures.increment(1);
+            }
+        }
         // Nothing was sent yet, so any method may go to another backend.
         if ctx.fail_current(&e) {
             e.set_retry(true);
+            if let Some(s) = ctx.service() {
+                s.retries.increment(1);
+            }
         }
         e
     }
@@ -383,6 +397,18 @@ impl ProxyHttp for Proxy {
             upstream_response.insert_header("connection", "upgrade")?;
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(service) = ctx.service() else {
+            return;
+        };
+        let pool = ctx.last.map_or(ctx.pool, |(p, _)| p);
+        if let Some(p) = service.pools.get(pool as usize) {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            p.metrics
+                .record(status, ctx.started.elapsed().as_secs_f64());
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {

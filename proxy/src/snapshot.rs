@@ -19,6 +19,7 @@ use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use switchyard_config::{Config, HealthCheck, HostMatch, Outlier};
 
 use crate::health::{BackendHealth, HealthRegistry, ServiceHealth};
+use crate::metrics::{PoolMetrics, RETRIES};
 
 /// CA certificates (DER) to trust for upstream TLS, by the `ca` file they
 /// were read from; loaded and checked before a snapshot is built.
@@ -96,6 +97,7 @@ impl Snapshot {
                             })
                             .collect(),
                         health_check: p.health.clone(),
+                        metrics: PoolMetrics::new(&s.name, &p.name),
                         tls: p.tls.as_ref().map(|t| PoolTls {
                             sni: t.sni.clone(),
                             verify: t.verify,
@@ -125,6 +127,7 @@ impl Snapshot {
                     outlier: s.outlier.clone(),
                     slow_start: s.slow_start,
                     health: health.service(&s.name),
+                    retries: metrics::counter!(RETRIES, "service" => s.name.clone()),
                 }
             })
             .collect();
@@ -235,6 +238,8 @@ pub struct ServiceRt {
     pub slow_start: Option<Duration>,
     /// Service-wide health (panic mode).
     pub health: Arc<ServiceHealth>,
+    /// Requests sent to another backend after a failure.
+    pub retries: metrics::Counter,
 }
 
 impl ServiceRt {
@@ -354,6 +359,8 @@ pub struct PoolRt {
     pub tls: Option<PoolTls>,
     /// The active health check, if any.
     pub health_check: Option<HealthCheck>,
+    /// Metric handles.
+    pub metrics: PoolMetrics,
     next: AtomicUsize,
 }
 

@@ -388,3 +388,104 @@ async fn reload_endpoint_reports_a_refused_file() {
     assert_eq!(doc["last_reload"]["result"], "rejected", "{doc}");
     assert_eq!(doc["generation"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_the_traffic_per_pool() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+    let (status, _) = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 50, "green": 50}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (bodies, failures) = tally(&Client::new(), &proxy.url("/"), 300, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // The scrape needs a token like any read.
+    assert_eq!(
+        call(admin, "GET", "/metrics", None, None, None).await.0,
+        401
+    );
+    let tcp = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header("host", admin.to_string())
+        .header("authorization", format!("Bearer {READ_TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("scrape");
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
+
+    // Every sample line is `name{labels} value`, every family has a TYPE.
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# TYPE ") || line.starts_with("# HELP "),
+                "{line}"
+            );
+            continue;
+        }
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = key.split('{').next().unwrap_or(key);
+        assert!(
+            text.contains(&format!(
+                "# TYPE {}",
+                name.trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count")
+            )),
+            "no TYPE for {name}"
+        );
+        samples.insert(key.to_string(), value);
+    }
+    for pool in ["blue", "green"] {
+        let key =
+            format!("switchyard_requests_total{{service=\"shop\",pool=\"{pool}\",class=\"2xx\"}}");
+        let counted = samples.get(&key).copied().unwrap_or(0.0);
+        let sent = *bodies.get(pool).unwrap_or(&0) as f64;
+        assert_eq!(counted, sent, "{key}\n{text}");
+    }
+    assert_eq!(
+        samples.get("switchyard_pool_backends_available{service=\"shop\",pool=\"green\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert_eq!(
+        samples.get("switchyard_config_reloads_total{result=\"applied\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert_eq!(
+        samples.get("switchyard_admin_changes_total{action=\"split\",result=\"ok\"}"),
+        Some(&1.0),
+        "{text}"
+    );
+    assert!(text.contains("switchyard_request_duration_seconds_bucket{service=\"shop\",pool=\"blue\",le=\"0.005\"}"), "{text}");
+}
