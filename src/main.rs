@@ -8,6 +8,7 @@
 
 mod assets;
 mod control;
+mod ctl;
 mod demo;
 mod logging;
 mod reload;
@@ -53,6 +54,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Talk to a running instance's admin API.
+    Ctl(ctl::CtlArgs),
     /// Start the proxy with two demo upstreams (blue and green) at 90/10.
     Demo {
         /// Where the demo proxy listens.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Ctl(args) => ctl::run(args),
         Command::Run { config } => {
             logging::init(cli.log_format);
             run(config)

@@ -489,3 +489,77 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic_per_pool() {
     );
     assert!(text.contains("switchyard_request_duration_seconds_bucket{service=\"shop\",pool=\"blue\",le=\"0.005\"}"), "{text}");
 }
+
+/// Runs `switchyard ctl ARGS` against `admin` with `token`.
+async fn ctl(admin: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(crate::harness::BIN);
+    cmd.arg("ctl")
+        .args(["--admin", &admin.to_string()])
+        .args(args)
+        .env("SWITCHYARD_TOKEN", token);
+    tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("ctl in time")
+        .expect("run ctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_status_changes_the_split_and_fails_on_refusal() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+
+    let out = ctl(admin, READ_TOKEN, &["status"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("generation 1"), "{stdout}");
+    let blue_row = stdout
+        .lines()
+        .find(|l| l.starts_with("shop") && l.contains(" blue "))
+        .expect("blue row");
+    assert!(
+        blue_row.contains("100.0%") && blue_row.contains(&blue.addr.to_string()),
+        "{blue_row}"
+    );
+
+    let out = ctl(
+        admin,
+        WRITE_TOKEN,
+        &["split", "shop", "blue=25", "green=75"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("generation 2: split is now blue=25 green=75"),
+        "{stdout}"
+    );
+
+    let out = ctl(admin, WRITE_TOKEN, &["--json", "status"]).await;
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(doc["services"][0]["pools"][1]["share"], 75);
+
+    // A refusal: non-zero exit, the API's reason on stderr.
+    let out = ctl(admin, READ_TOKEN, &["split", "shop", "blue=1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused (403)") && stderr.contains("may only read"),
+        "{stderr}"
+    );
+    let out = ctl(admin, WRITE_TOKEN, &["split", "shop", "purple=1"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("services.shop.split.purple"),
+        "the details are shown"
+    );
+}

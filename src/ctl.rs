@@ -1,0 +1,248 @@
+//! `switchyard ctl`: the admin API from a terminal or a script.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the admin API is and how to talk to it.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// Admin API address.
+    #[arg(long, env = "SWITCHYARD_ADMIN", default_value = "127.0.0.1:9900")]
+    admin: String,
+    /// Bearer token (or the SWITCHYARD_TOKEN environment variable).
+    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// Services, pools, shares, backends and certificates.
+    Status,
+    /// Set a service's split, for example `split shop blue=90 green=10`.
+    Split {
+        /// The service.
+        service: String,
+        /// POOL=SHARE pairs; pools not named get 0.
+        #[arg(required = true)]
+        shares: Vec<String>,
+    },
+    /// Send all of a service's traffic to one pool.
+    Switch {
+        /// The service.
+        service: String,
+        /// The pool to switch to.
+        pool: String,
+        /// Switch even if the pool has no healthy backend.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-read the config file now.
+    Reload,
+}
+
+/// Runs one `ctl` command; exits non-zero with the API's reason on refusal.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let (method, path, body) = match &args.command {
+        CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None),
+        CtlCommand::Split { service, shares } => {
+            let mut map = serde_json::Map::new();
+            for pair in shares {
+                let parsed = pair
+                    .split_once('=')
+                    .and_then(|(pool, share)| Some((pool, share.parse::<u32>().ok()?)));
+                let Some((pool, share)) = parsed else {
+                    eprintln!("switchyard ctl: {pair:?} is not POOL=SHARE (for example blue=90)");
+                    return ExitCode::from(2);
+                };
+                map.insert(pool.to_string(), json!(share));
+            }
+            (
+                "PUT",
+                format!("/api/v1/services/{service}/split"),
+                Some(Value::Object(map)),
+            )
+        }
+        CtlCommand::Switch {
+            service,
+            pool,
+            force,
+        } => (
+            "POST",
+            format!("/api/v1/services/{service}/switch"),
+            Some(json!({ "to": pool, "force": force })),
+        ),
+        CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None),
+    };
+    let (status, reply) = match request(&args, method, &path, body.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "switchyard ctl: cannot reach the admin API at {}: {e}",
+                args.admin
+            );
+            return ExitCode::from(3);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
+        );
+    }
+    if !(200..300).contains(&status) {
+        if !args.json {
+            eprintln!(
+                "switchyard ctl: refused ({status}): {}",
+                reply["error"].as_str().unwrap_or("no reason given")
+            );
+            for d in reply["details"].as_array().into_iter().flatten() {
+                eprintln!("  {}", d.as_str().unwrap_or_default());
+            }
+        }
+        return ExitCode::FAILURE;
+    }
+    if !args.json {
+        match &args.command {
+            CtlCommand::Status => print_status(&reply),
+            CtlCommand::Reload => println!("generation {} serving", reply["generation"]),
+            _ => println!(
+                "generation {}: split is now {}",
+                reply["generation"],
+                shares_line(&reply["after"])
+            ),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn shares_line(split: &Value) -> String {
+    split
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn print_status(doc: &Value) {
+    let last = &doc["last_reload"];
+    println!(
+        "generation {}   last reload: {} ({})",
+        doc["generation"],
+        last["result"].as_str().unwrap_or("none"),
+        last["trigger"].as_str().unwrap_or("-")
+    );
+    for e in last["errors"].as_array().into_iter().flatten() {
+        println!("  {}", e.as_str().unwrap_or_default());
+    }
+    println!();
+    println!(
+        "{:<16} {:<10} {:>6} {:>10}  BACKENDS",
+        "SERVICE", "POOL", "SHARE", "EFFECTIVE"
+    );
+    for s in doc["services"].as_array().into_iter().flatten() {
+        let name = s["name"].as_str().unwrap_or("?");
+        let panic = if s["panic_mode"].as_bool() == Some(true) {
+            " (panic mode)"
+        } else {
+            ""
+        };
+        for p in s["pools"].as_array().into_iter().flatten() {
+            let backends: Vec<String> = p["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let state = match &b["state"] {
+                        Value::String(s) => s.clone(),
+                        Value::Object(o) => format!(
+                            "ejected until {}",
+                            o.get("ejected_until")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?")
+                        ),
+                        _ => "?".into(),
+                    };
+                    format!("{} {state}", b["address"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!(
+                "{:<16} {:<10} {:>6} {:>9.1}%  {}{panic}",
+                name,
+                p["name"].as_str().unwrap_or("?"),
+                p["share"],
+                p["effective_percent"].as_f64().unwrap_or(0.0),
+                backends.join(", ")
+            );
+        }
+    }
+    let certs = doc["certificates"].as_array().cloned().unwrap_or_default();
+    if !certs.is_empty() {
+        println!();
+        println!("{:<40} {:<22} SERIAL", "CERTIFICATE", "NOT AFTER");
+        for c in certs {
+            let names: Vec<&str> = c["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "{:<40} {:<22} {}",
+                names.join(","),
+                c["not_after"].as_str().unwrap_or("?"),
+                c["serial"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// One HTTP/1.1 request to the admin API; returns the status and JSON body.
+fn request(
+    args: &CtlArgs,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect(&args.admin)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        args.admin,
+        body.len()
+    );
+    if let Some(token) = &args.token {
+        head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed status line"))?;
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    Ok((status, json))
+}
