@@ -182,6 +182,7 @@ impl Control for Controller {
                                     .find(|r| r.service == s.name && r.pool == p.name && r.addr == b.addr);
                                 json!({
                                     "address": b.addr.to_string(),
+                                    "draining": b.draining,
                                     "state": r.map_or(json!("unknown"), |r| state_json(&r.state)),
                                     "consecutive_failures": r.map_or(0, |r| r.consecutive_failures),
                                     "last_check": r.and_then(|r| r.last_check.as_ref()).map(|c| json!({
@@ -345,6 +346,78 @@ impl Control for Controller {
         let (generation, _) = self.reloader.summary();
         metrics::gauge!("switchyard_config_generation").set(generation as f64);
         self.prometheus.render()
+    }
+
+    fn drain(
+        &self,
+        service: &str,
+        pool: &str,
+        backend: &str,
+        drain: bool,
+        if_match: Option<u64>,
+    ) -> Result<Change, Refusal> {
+        let addr: std::net::SocketAddr = backend
+            .parse()
+            .map_err(|_| Refusal::new(400, format!("{backend:?} is not IP:PORT")))?;
+        let draining_of = |c: &Controller| -> Value {
+            let snapshot = c.snapshot.load();
+            json!(snapshot
+                .services
+                .iter()
+                .filter(|s| s.name == service)
+                .flat_map(|s| s.pools.iter())
+                .filter(|p| p.name == pool)
+                .flat_map(|p| p.backends.iter())
+                .filter(|b| b.draining)
+                .map(|b| b.addr.to_string())
+                .collect::<Vec<_>>())
+        };
+        let before = draining_of(self);
+        let generation = self
+            .reloader
+            .edit(if_match, "admin API: drain", |doc, config| {
+                let known = config
+                    .service(service)
+                    .and_then(|s| s.pools.iter().find(|p| p.name == pool))
+                    .ok_or_else(|| {
+                        Refusal::new(404, format!("no pool {pool:?} in service {service:?}"))
+                    })?;
+                if !known.backends.contains(&addr) {
+                    return Err(Refusal::new(
+                        404,
+                        format!("{addr} is not a backend of {service}/{pool}"),
+                    ));
+                }
+                let mut list: Vec<std::net::SocketAddr> = known.drain.clone();
+                list.retain(|a| *a != addr);
+                if drain {
+                    list.push(addr);
+                }
+                let table = doc
+                    .get_mut("services")
+                    .and_then(|s| s.get_mut(service))
+                    .and_then(|s| s.get_mut("pools"))
+                    .and_then(|p| p.get_mut(pool))
+                    .and_then(Item::as_table_like_mut)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            500,
+                            format!("services.{service}.pools.{pool} is not a table in the file"),
+                        )
+                    })?;
+                if list.is_empty() {
+                    table.remove("drain");
+                } else {
+                    let array: toml_edit::Array = list.iter().map(|a| a.to_string()).collect();
+                    table.insert("drain", value(array));
+                }
+                Ok(())
+            })?;
+        Ok(Change {
+            generation,
+            before,
+            after: draining_of(self),
+        })
     }
 
     fn reload(&self) -> Result<Change, Refusal> {

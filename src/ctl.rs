@@ -47,6 +47,24 @@ enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Stop sending new requests to a backend (in-flight ones finish).
+    Drain {
+        /// The service.
+        service: String,
+        /// The pool.
+        pool: String,
+        /// The backend, IP:PORT.
+        backend: String,
+    },
+    /// Send requests to a drained backend again.
+    Undrain {
+        /// The service.
+        service: String,
+        /// The pool.
+        pool: String,
+        /// The backend, IP:PORT.
+        backend: String,
+    },
     /// Re-read the config file now.
     Reload,
 }
@@ -82,6 +100,24 @@ pub fn run(args: CtlArgs) -> ExitCode {
             format!("/api/v1/services/{service}/switch"),
             Some(json!({ "to": pool, "force": force })),
         ),
+        CtlCommand::Drain {
+            service,
+            pool,
+            backend,
+        } => (
+            "POST",
+            "/api/v1/backends/drain".to_string(),
+            Some(json!({ "service": service, "pool": pool, "backend": backend })),
+        ),
+        CtlCommand::Undrain {
+            service,
+            pool,
+            backend,
+        } => (
+            "POST",
+            "/api/v1/backends/undrain".to_string(),
+            Some(json!({ "service": service, "pool": pool, "backend": backend })),
+        ),
         CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None),
     };
     let (status, reply) = match request(&args, method, &path, body.as_ref()) {
@@ -116,6 +152,10 @@ pub fn run(args: CtlArgs) -> ExitCode {
         match &args.command {
             CtlCommand::Status => print_status(&reply),
             CtlCommand::Reload => println!("generation {} serving", reply["generation"]),
+            CtlCommand::Drain { .. } | CtlCommand::Undrain { .. } => println!(
+                "generation {}: draining {}",
+                reply["generation"], reply["after"]
+            ),
             _ => println!(
                 "generation {}: split is now {}",
                 reply["generation"],
@@ -177,7 +217,12 @@ fn print_status(doc: &Value) {
                         ),
                         _ => "?".into(),
                     };
-                    format!("{} {state}", b["address"].as_str().unwrap_or("?"))
+                    let drain = if b["draining"].as_bool() == Some(true) {
+                        " (draining)"
+                    } else {
+                        ""
+                    };
+                    format!("{} {state}{drain}", b["address"].as_str().unwrap_or("?"))
                 })
                 .collect();
             println!(

@@ -44,6 +44,16 @@ pub trait Control: Send + Sync {
         force: bool,
         if_match: Option<u64>,
     ) -> Result<Change, Refusal>;
+    /// Starts (`drain = true`) or ends draining a backend: a draining
+    /// backend gets no new requests; in-flight ones finish.
+    fn drain(
+        &self,
+        service: &str,
+        pool: &str,
+        backend: &str,
+        drain: bool,
+        if_match: Option<u64>,
+    ) -> Result<Change, Refusal>;
     /// Re-reads the config file now.
     fn reload(&self) -> Result<Change, Refusal>;
     /// Metrics in the Prometheus text format.
@@ -412,6 +422,31 @@ impl ServeHttp for AdminApi {
                     json!({ "service": service, "to": to, "force": force }),
                     &outcome,
                 );
+                outcome_response(&outcome)
+            }
+            ("POST", ["api", "v1", "backends", action @ ("drain" | "undrain")]) => {
+                let action = action.to_string();
+                let generation = match if_match(session) {
+                    Ok(g) => g,
+                    Err(e) => return e.into(),
+                };
+                let body = match read_json(session).await {
+                    Ok(b) => b,
+                    Err(e) => return e.into(),
+                };
+                let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+                let (Some(service), Some(pool), Some(backend)) =
+                    (field("service"), field("pool"), field("backend"))
+                else {
+                    return error(
+                        400,
+                        "expected {\"service\": ..., \"pool\": ..., \"backend\": \"IP:PORT\"}",
+                    );
+                };
+                let outcome =
+                    self.control
+                        .drain(&service, &pool, &backend, action == "drain", generation);
+                self.audit(&caller, &client, &action, body, &outcome);
                 outcome_response(&outcome)
             }
             ("POST", ["api", "v1", "reload"]) => {

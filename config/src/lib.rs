@@ -322,6 +322,8 @@ pub struct Pool {
     pub share: u32,
     /// Backend addresses, without duplicates.
     pub backends: Vec<SocketAddr>,
+    /// Backends being drained: no new requests, in-flight ones finish.
+    pub drain: Vec<SocketAddr>,
     /// TLS to the backends, if they speak HTTPS.
     pub tls: Option<UpstreamTls>,
     /// The pool's active health check (its own, or else the service's);

@@ -1265,6 +1265,7 @@ impl<'a> Walk<'a> {
             path,
             &[
                 "backends",
+                "drain",
                 "tls",
                 "sni",
                 "ca",
@@ -1314,12 +1315,41 @@ impl<'a> Walk<'a> {
             }
             backends.push(addr);
         }
+        let mut drain = Vec::new();
+        if let Some(v) = table.get("drain") {
+            let key = join(path, "drain");
+            match v.as_array() {
+                Some(arr) => {
+                    for (i, value) in arr.iter().enumerate() {
+                        let elem_key = format!("{key}[{i}]");
+                        let item = Item::Value(value.clone());
+                        match self.socket_addr_value(value, &item, &elem_key) {
+                            Some(addr) if backends.contains(&addr) => drain.push(addr),
+                            Some(addr) => {
+                                self.error(
+                                    value.span(),
+                                    &elem_key,
+                                    format!("{addr} is not one of this pool's backends"),
+                                );
+                                ok = false;
+                            }
+                            None => ok = false,
+                        }
+                    }
+                }
+                None => {
+                    self.error(v.span(), &key, "expected an array of backend addresses");
+                    ok = false;
+                }
+            }
+        }
         let tls = tls?;
         let health = health?;
         ok.then(|| Pool {
             name: name.to_string(),
             share: 0,
             backends,
+            drain,
             tls,
             health,
         })
@@ -1735,7 +1765,7 @@ wat = 1
                 "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`, `admin`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
-                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `tls`, `sni`, `ca`, `insecure_skip_verify`, `health`",
+                "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `drain`, `tls`, `sni`, `ca`, `insecure_skip_verify`, `health`",
             ]
         );
     }

@@ -136,7 +136,7 @@ impl BackendHealth {
             .count();
         let others_available = pool
             .iter()
-            .any(|b| !std::ptr::eq(&*b.health, self) && b.health.available());
+            .any(|b| !std::ptr::eq(&*b.health, self) && b.available());
         let within_cap = (ejected + 1) * 100 <= outlier.max_ejected_percent as usize * pool.len();
         if !others_available || !within_cap {
             return;
@@ -620,6 +620,7 @@ mod tests {
             .map(|p| BackendRt {
                 addr: addr(p),
                 health: registry.backend("s", "p", addr(p)),
+                draining: false,
             })
             .collect();
         let outlier = Outlier {

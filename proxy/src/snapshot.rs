@@ -94,6 +94,7 @@ impl Snapshot {
                             .map(|&addr| BackendRt {
                                 addr,
                                 health: health.backend(&s.name, &p.name, addr),
+                                draining: p.drain.contains(&addr),
                             })
                             .collect(),
                         health_check: p.health.clone(),
@@ -269,7 +270,7 @@ impl ServiceRt {
     /// configured shares apply to every backend.
     pub fn pick_pool(&self) -> u16 {
         use rand::RngExt;
-        let available = |p: &PoolRt| p.backends.iter().any(|b| b.health.available());
+        let available = |p: &PoolRt| p.backends.iter().any(BackendRt::available);
         let total: u32 = self
             .pools
             .iter()
@@ -315,7 +316,10 @@ impl ServiceRt {
         for k in 0..n {
             let i = (start + k) % n;
             let b = &p.backends[i];
-            if tried.contains(&(pool, i as u32)) || (available_only && !b.health.available()) {
+            if b.draining
+                || tried.contains(&(pool, i as u32))
+                || (available_only && !b.health.available())
+            {
                 continue;
             }
             if let Some(window) = self.slow_start {
@@ -340,7 +344,11 @@ impl ServiceRt {
             .chain(self.fallback.iter().copied())
             .any(|p| {
                 self.pools.get(p as usize).is_some_and(|pool_rt| {
-                    (0..pool_rt.backends.len() as u32).any(|b| !tried.contains(&(p, b)))
+                    pool_rt
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .any(|(b, rt)| !rt.draining && !tried.contains(&(p, b as u32)))
                 })
             })
     }
@@ -392,6 +400,15 @@ pub struct BackendRt {
     pub addr: SocketAddr,
     /// Its health, shared with earlier and later generations.
     pub health: Arc<BackendHealth>,
+    /// Being drained: gets no new requests.
+    pub draining: bool,
+}
+
+impl BackendRt {
+    /// Whether new requests may go to this backend now.
+    pub fn available(&self) -> bool {
+        !self.draining && self.health.available()
+    }
 }
 
 /// How a pool's backends are reached over TLS.

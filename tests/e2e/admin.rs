@@ -563,3 +563,116 @@ async fn the_cli_shows_status_changes_the_split_and_fails_on_refusal() {
         "the details are shown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backend_finishes_in_flight_requests_and_gets_no_new_ones() {
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    let green = Upstream::start("green").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("deploy.token"), WRITE_TOKEN).expect("token");
+    let body = format!(
+        "[[admin.tokens]]\nname = \"deploy-bot\"\nrole = \"write\"\nfile = \"deploy.token\"\n\n\
+         [[routes]]\nservice = \"shop\"\n\n[services.shop]\nsplit = {{ blue = 100, green = 0 }}\n\n\
+         [services.shop.pools.blue]\nbackends = [\"{}\", \"{}\"]\n\n[services.shop.pools.green]\nbackends = [\"{}\"]\n",
+        one.addr, two.addr, green.addr
+    );
+    let proxy = Proxy::start_with(
+        &body,
+        ProxyOptions {
+            admin: true,
+            dir: Some(dir),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let admin = proxy.admin.expect("admin");
+
+    // Slow requests in flight on both backends.
+    let client = Client::new();
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/slow?ms=1500"));
+            tokio::spawn(async move { client.get(&url, None).await })
+        })
+        .collect();
+    crate::harness::eventually(
+        Duration::from_secs(5),
+        "slow requests on both backends",
+        || {
+            let (a, b) = (one.seen().len(), two.seen().len());
+            async move { a >= 1 && b >= 1 }
+        },
+    )
+    .await;
+
+    let target = format!(
+        r#"{{"service": "shop", "pool": "blue", "backend": "{}"}}"#,
+        one.addr
+    );
+    let (status, reply) = call(
+        admin,
+        "POST",
+        "/api/v1/backends/drain",
+        Some(WRITE_TOKEN),
+        Some(&target),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["after"][0], one.addr.to_string());
+    let hits_at_drain = one.hits();
+    let (bodies, failures) = tally(&client, &proxy.url("/"), 100, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        bodies.get("two"),
+        Some(&100),
+        "no new request reaches the drained backend"
+    );
+    for s in slow {
+        let reply = s
+            .await
+            .expect("join")
+            .expect("the in-flight request completes");
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        one.hits() > hits_at_drain,
+        "its in-flight requests finished"
+    );
+    let text = std::fs::read_to_string(&proxy.config_path).expect("config");
+    assert!(
+        text.contains(&format!("drain = [\"{}\"]", one.addr)),
+        "written back:\n{text}"
+    );
+
+    let (status, _) = call(
+        admin,
+        "POST",
+        "/api/v1/backends/undrain",
+        Some(WRITE_TOKEN),
+        Some(&target),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (bodies, _) = tally(&client, &proxy.url("/"), 100, 4).await;
+    assert!(
+        bodies.get("one").copied().unwrap_or(0) > 20,
+        "back in rotation: {bodies:?}"
+    );
+    let bad = r#"{"service": "shop", "pool": "blue", "backend": "127.0.0.1:1"}"#;
+    assert_eq!(
+        call(
+            admin,
+            "POST",
+            "/api/v1/backends/drain",
+            Some(WRITE_TOKEN),
+            Some(bad),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
