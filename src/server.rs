@@ -136,8 +136,10 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         None => None,
         Some(https) => {
             let resolver = Arc::new(CertResolver::new(assets.certs.clone()));
+            let counter = metrics::counter!("switchyard_tls_handshakes_total");
             let mut tls =
-                TlsSettings::intermediate("", "").context("cannot set up the HTTPS listener")?;
+                TlsSettings::with_callbacks(Box::new(crate::tls_log::HandshakeCounter(counter)))
+                    .context("cannot set up the HTTPS listener")?;
             tls.set_cert_resolver(resolver.clone());
             tls.enable_h2();
             proxy.add_listener(

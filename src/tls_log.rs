@@ -28,6 +28,21 @@ static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// The reason of the latest failure.
 static LAST_REASON: Mutex<String> = Mutex::new(String::new());
 
+/// Counts completed TLS handshakes (a callback the listener runs after
+/// each one).
+pub struct HandshakeCounter(pub metrics::Counter);
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for HandshakeCounter {
+    async fn handshake_complete_callback(
+        &self,
+        _tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        self.0.increment(1);
+        None
+    }
+}
+
 /// Failed TLS handshakes since start (for metrics and the admin API).
 pub fn handshake_failures() -> u64 {
     FAILURES.load(Ordering::Relaxed)
