@@ -281,6 +281,12 @@ fn if_match(session: &ServerSession) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// The `If-Match` generation and the JSON body of a change request.
+async fn change_request(session: &mut ServerSession) -> Result<(Option<u64>, Value), ApiError> {
+    let generation = if_match(session)?;
+    Ok((generation, read_json(session).await?))
+}
+
 async fn read_json(session: &mut ServerSession) -> Result<Value, ApiError> {
     let mut body = Vec::new();
     loop {
@@ -367,12 +373,8 @@ impl ServeHttp for AdminApi {
             }
             ("PUT", ["api", "v1", "services", service, "split"]) => {
                 let service = service.to_string();
-                let generation = match if_match(session) {
-                    Ok(g) => g,
-                    Err(e) => return e.into(),
-                };
-                let body = match read_json(session).await {
-                    Ok(b) => b,
+                let (generation, body) = match change_request(session).await {
+                    Ok(r) => r,
                     Err(e) => return e.into(),
                 };
                 let Some(map) = body.as_object() else {
@@ -402,12 +404,8 @@ impl ServeHttp for AdminApi {
             }
             ("POST", ["api", "v1", "services", service, "switch"]) => {
                 let service = service.to_string();
-                let generation = match if_match(session) {
-                    Ok(g) => g,
-                    Err(e) => return e.into(),
-                };
-                let body = match read_json(session).await {
-                    Ok(b) => b,
+                let (generation, body) = match change_request(session).await {
+                    Ok(r) => r,
                     Err(e) => return e.into(),
                 };
                 let Some(to) = body.get("to").and_then(Value::as_str) else {
@@ -426,12 +424,8 @@ impl ServeHttp for AdminApi {
             }
             ("POST", ["api", "v1", "backends", action @ ("drain" | "undrain")]) => {
                 let action = action.to_string();
-                let generation = match if_match(session) {
-                    Ok(g) => g,
-                    Err(e) => return e.into(),
-                };
-                let body = match read_json(session).await {
-                    Ok(b) => b,
+                let (generation, body) = match change_request(session).await {
+                    Ok(r) => r,
                     Err(e) => return e.into(),
                 };
                 let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
