@@ -220,6 +220,21 @@ pub struct Service {
     /// Window over which a backend back in rotation ramps up to its full
     /// share; `None` for no ramp.
     pub slow_start: Option<Duration>,
+    /// Sticky pool assignment; `None` picks a pool per request.
+    pub sticky: Option<Sticky>,
+    /// Request header (lower case) that forces a pool by name, for testers.
+    pub override_header: Option<String>,
+}
+
+/// Where a client's stable bucket comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// Explicitly off (`sticky = false`).
+    Off,
+    /// A cookie the proxy sets when the client has none.
+    Cookie(String),
+    /// A request header, such as a user id; clients without it are not sticky.
+    Header(String),
 }
 
 /// An active health check.

@@ -15,13 +15,15 @@ use toml_edit::{Document, Item, TableLike, Value};
 use crate::{
     Acme, Admin, AdminToken, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics,
     HealthCheck, HostMatch, Hsts, HttpCheck, Listen, Outlier, Pool, Role, Route, ServerSettings,
-    Service, Tls, TokenSource, UpstreamTls,
+    Service, Sticky, Tls, TokenSource, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Default for `services.<name>.connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cookie holding a client's bucket when `sticky = true`.
+const DEFAULT_STICKY_COOKIE: &str = "switchyard_bucket";
 /// Largest share a pool may have; shares are relative, so this is plenty.
 const MAX_SHARE: i64 = 1_000_000;
 
@@ -804,9 +806,35 @@ impl<'a> Walk<'a> {
                 "health",
                 "outlier",
                 "slow_start",
+                "sticky",
+                "override_header",
             ],
         );
         let anchor = item.span().or(span);
+        let sticky = match table.get("sticky") {
+            None => Some(None),
+            Some(v) => self.sticky(v, &join(path, "sticky")).map(Some),
+        };
+        let override_header = match table.get("override_header") {
+            None => Some(None),
+            Some(v) => {
+                let key = join(path, "override_header");
+                match self.string(v, &key) {
+                    Some(h)
+                        if !h.is_empty()
+                            && h.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    {
+                        Some(Some(h.to_ascii_lowercase()))
+                    }
+                    Some(h) => {
+                        self.error(v.span(), &key, format!("{h:?} is not a header name"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
         let mut extras_ok = true;
         let health = match table.get("health") {
             None => None,
@@ -913,7 +941,59 @@ impl<'a> Walk<'a> {
             connect_timeout: connect_timeout?,
             outlier,
             slow_start,
+            sticky: sticky?,
+            override_header: override_header?,
         })
+    }
+
+    /// `sticky = true`, or a table naming the header or cookie to use.
+    fn sticky(&mut self, item: &Item, path: &str) -> Option<Sticky> {
+        if let Some(on) = item.as_bool() {
+            return on
+                .then(|| Sticky::Cookie(DEFAULT_STICKY_COOKIE.to_string()))
+                .or(Some(Sticky::Off));
+        }
+        let Some(table) = item.as_table_like() else {
+            self.error(
+                item.span(),
+                path,
+                "expected true, false or a table with `header` or `cookie`",
+            );
+            return None;
+        };
+        self.known_keys(table, path, &["header", "cookie"]);
+        let name = |w: &mut Self, key: &str| -> Option<Option<String>> {
+            match table.get(key) {
+                None => Some(None),
+                Some(v) => {
+                    let k = join(path, key);
+                    match w.string(v, &k) {
+                        Some(n)
+                            if !n.is_empty()
+                                && n.bytes().all(|b| {
+                                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+                                }) =>
+                        {
+                            Some(Some(n.to_string()))
+                        }
+                        Some(n) => {
+                            w.error(v.span(), &k, format!("{n:?} is not a valid name"));
+                            None
+                        }
+                        None => None,
+                    }
+                }
+            }
+        };
+        match (name(self, "header")?, name(self, "cookie")?) {
+            (Some(h), None) => Some(Sticky::Header(h.to_ascii_lowercase())),
+            (None, Some(c)) => Some(Sticky::Cookie(c)),
+            (None, None) => Some(Sticky::Cookie(DEFAULT_STICKY_COOKIE.to_string())),
+            (Some(_), Some(_)) => {
+                self.error(item.span(), path, "give `header` or `cookie`, not both");
+                None
+            }
+        }
     }
 
     /// An active health check table (`[...health]`).

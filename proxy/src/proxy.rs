@@ -26,6 +26,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use switchyard_certs::ChallengeStore;
+use switchyard_config::Sticky;
 
 use crate::headers::{forwarded_for, hop_by_hop_names, is_upgrade_request, request_host};
 use crate::snapshot::{ServiceRt, Snapshot};
@@ -102,6 +103,8 @@ pub struct RequestCtx {
     tried: Vec<(u16, u32)>,
     /// When the request started.
     started: std::time::Instant,
+    /// A sticky bucket made for this client, to hand back in a cookie.
+    new_bucket: Option<u32>,
     _in_flight: InFlightGuard,
 }
 
@@ -173,6 +176,30 @@ async fn respond_text(
     session.write_response_body(Some(body), true).await
 }
 
+/// FNV-1a: a hash that is the same in every process and version, so a
+/// header-based bucket survives restarts.
+fn stable_hash(bytes: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// The bucket in cookie `name` (8 hex digits), if the client sent one.
+fn cookie_bucket(headers: &http::HeaderMap, name: &str) -> Option<u32> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| u32::from_str_radix(v.trim(), 16).ok())?
+        })
+}
+
 /// `https://host[:port]/path?query` for a plain HTTP request.
 fn https_location(host: &str, port: Option<u16>, uri: &http::Uri) -> String {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -196,6 +223,7 @@ impl ProxyHttp for Proxy {
             last: None,
             tried: Vec::new(),
             started: std::time::Instant::now(),
+            new_bucket: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -244,9 +272,37 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         ctx.service = Some(target.service);
-        if let Some(s) = ctx.service() {
-            ctx.pool = s.pick_pool();
-        }
+        let Some(s) = ctx.snapshot.services.get(target.service as usize) else {
+            return Ok(false);
+        };
+        let forced = s.override_header.as_ref().and_then(|h| {
+            let name = req.headers.get(h)?.to_str().ok()?;
+            s.pool_named(name.trim())
+        });
+        ctx.pool = match (forced, &s.sticky) {
+            (Some(pool), _) => pool,
+            (None, None) => s.pick_pool(),
+            (None, Some(sticky)) => {
+                let bucket = match sticky {
+                    Sticky::Header(name) => req
+                        .headers
+                        .get(name.as_str())
+                        .map(|v| stable_hash(v.as_bytes())),
+                    Sticky::Cookie(name) => cookie_bucket(&req.headers, name),
+                    Sticky::Off => None,
+                };
+                match (bucket, sticky) {
+                    (Some(b), _) => s.pool_for_bucket(b),
+                    (None, Sticky::Cookie(_)) => {
+                        use rand::RngExt;
+                        let b: u32 = rand::rng().random();
+                        ctx.new_bucket = Some(b);
+                        s.pool_for_bucket(b)
+                    }
+                    (None, _) => s.pick_pool(),
+                }
+            }
+        };
         Ok(false)
     }
 
@@ -383,6 +439,15 @@ impl ProxyHttp for Proxy {
             } else {
                 ctx.record_outcome(last, None);
             }
+        }
+        if let (Some(bucket), Some(Sticky::Cookie(name))) = (
+            ctx.new_bucket,
+            ctx.service().and_then(|s| s.sticky.as_ref()),
+        ) {
+            upstream_response.append_header(
+                "set-cookie",
+                format!("{name}={bucket:08x}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"),
+            )?;
         }
         if ctx.tls {
             if let Some(hsts) = &ctx.snapshot.hsts {

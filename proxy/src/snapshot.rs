@@ -16,7 +16,7 @@ use http::HeaderValue;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
-use switchyard_config::{Config, HealthCheck, HostMatch, Outlier};
+use switchyard_config::{Config, HealthCheck, HostMatch, Outlier, Sticky};
 
 use crate::health::{BackendHealth, HealthRegistry, ServiceHealth};
 use crate::metrics::{PoolMetrics, RETRIES};
@@ -129,6 +129,14 @@ impl Snapshot {
                     slow_start: s.slow_start,
                     health: health.service(&s.name),
                     retries: metrics::counter!(RETRIES, "service" => s.name.clone()),
+                    sticky: match &s.sticky {
+                        Some(Sticky::Off) | None => None,
+                        Some(other) => Some(other.clone()),
+                    },
+                    override_header: s
+                        .override_header
+                        .as_deref()
+                        .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
                 }
             })
             .collect();
@@ -241,6 +249,10 @@ pub struct ServiceRt {
     pub health: Arc<ServiceHealth>,
     /// Requests sent to another backend after a failure.
     pub retries: metrics::Counter,
+    /// Where a client's stable bucket comes from, if assignment is sticky.
+    pub sticky: Option<Sticky>,
+    /// Header that forces a pool by name.
+    pub override_header: Option<http::HeaderName>,
 }
 
 impl ServiceRt {
@@ -270,6 +282,26 @@ impl ServiceRt {
     /// configured shares apply to every backend.
     pub fn pick_pool(&self) -> u16 {
         use rand::RngExt;
+        self.pick_pool_by(|total| rand::rng().random_range(0..total))
+    }
+
+    /// The pool for a client whose stable bucket is `bucket` (uniform over
+    /// `u32`): the pools' shares are laid end to end in a fixed order and
+    /// the client takes the one its bucket falls in. As one pool's share
+    /// grows, clients only ever move into it, never out.
+    pub fn pool_for_bucket(&self, bucket: u32) -> u16 {
+        self.pick_pool_by(|total| ((u64::from(bucket) * u64::from(total)) >> 32) as u32)
+    }
+
+    /// The pool by name, for overrides.
+    pub fn pool_named(&self, name: &str) -> Option<u16> {
+        self.pools
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as u16)
+    }
+
+    fn pick_pool_by(&self, ticket: impl Fn(u32) -> u32) -> u16 {
         let available = |p: &PoolRt| p.backends.iter().any(BackendRt::available);
         let total: u32 = self
             .pools
@@ -279,12 +311,10 @@ impl ServiceRt {
             .sum();
         if total == 0 {
             self.health.set_panic(true);
-            let ticket = rand::rng().random_range(0..self.total_share.max(1));
-            return self.pool_for(ticket);
+            return self.pool_for(ticket(self.total_share.max(1)));
         }
         self.health.set_panic(false);
-        let ticket = rand::rng().random_range(0..total);
-        self.pool_for_among(ticket, available)
+        self.pool_for_among(ticket(total), available)
     }
 
     /// The next backend to try: available backends first (the chosen pool

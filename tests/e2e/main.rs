@@ -14,6 +14,7 @@ mod reload;
 mod routing;
 mod shutdown;
 mod split;
+mod sticky;
 mod tls;
 
 use std::net::SocketAddr;
