@@ -74,10 +74,14 @@ impl State {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file in the same
-/// directory, fsync, rename), keeping the file's permissions.
+/// Writes `bytes` to `path` (or the file it links to) atomically
+/// (temporary file in the same directory, fsync, rename), keeping the
+/// file's permissions.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    // A symlinked config is updated where it lives; the link stays a link.
+    let resolved = std::fs::canonicalize(path)?;
+    let path = resolved.as_path();
     let dir = parent(path);
     let name = path
         .file_name()

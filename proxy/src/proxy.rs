@@ -117,9 +117,17 @@ impl RequestCtx {
     /// Records the current backend as failed (for this request, and as
     /// evidence for passive ejection); whether another one is left.
     fn fail_current(&mut self, reason: &dyn std::fmt::Display) -> bool {
+        if let Some(current) = self.current {
+            self.record_outcome(current, Some(reason));
+        }
+        self.skip_current()
+    }
+
+    /// Leaves the current backend for this request without holding it
+    /// against the backend; whether another one is left.
+    fn skip_current(&mut self) -> bool {
         if let Some(current) = self.current.take() {
             self.tried.push(current);
-            self.record_outcome(current, Some(reason));
         }
         self.service()
             .is_some_and(|s| s.has_untried(self.pool, &self.tried))
@@ -365,15 +373,12 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let untried_left = if e.esource() == &ErrorSource::Upstream {
+        // A pooled connection the backend had already closed says nothing
+        // about the backend's health; neither does a client that failed.
+        let untried_left = if e.esource() == &ErrorSource::Upstream && !client_reused {
             ctx.fail_current(&e)
         } else {
-            // The client failed, not the backend: no evidence against it.
-            if let Some(current) = ctx.current.take() {
-                ctx.tried.push(current);
-            }
-            ctx.service()
-                .is_some_and(|s| s.has_untried(ctx.pool, &ctx.tried))
+            ctx.skip_current()
         };
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
@@ -384,6 +389,9 @@ impl ProxyHttp for Proxy {
             e.set_retry(false);
         } else if untried_left {
             e.set_retry(true);
+            if let Some(s) = ctx.service() {
+                s.retries.increment(1);
+            }
         } else {
             e.retry.decide_reuse(client_reused);
         }

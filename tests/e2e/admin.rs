@@ -676,3 +676,37 @@ async fn a_drained_backend_finishes_in_flight_requests_and_gets_no_new_ones() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_through_a_symlinked_config_keeps_the_link() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = admin_proxy(blue.addr, green.addr, "").await;
+    let admin = proxy.admin.expect("admin");
+    // The config becomes a link to a file elsewhere, as deploy tools do.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let target = elsewhere.path().join("real.toml");
+    std::fs::copy(&proxy.config_path, &target).expect("copy");
+    let link = proxy.config_path.with_extension("link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    std::fs::rename(&link, &proxy.config_path).expect("swap in the link");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let (status, body) = call(
+        admin,
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 30, "green": 70}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let meta = std::fs::symlink_metadata(&proxy.config_path).expect("metadata");
+    assert!(meta.file_type().is_symlink(), "the config is still a link");
+    let text = std::fs::read_to_string(&target).expect("target");
+    assert!(
+        text.contains("split = { blue = 30, green = 70 }"),
+        "the target got the change:\n{text}"
+    );
+}

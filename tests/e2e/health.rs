@@ -416,3 +416,69 @@ async fn slow_start_ramps_a_returning_backend_up() {
         "after the window it takes its full half: {late:.2}"
     );
 }
+
+/// A backend that answers one request per connection and then closes it,
+/// without saying so: the proxy pools connections the backend has closed.
+async fn closing_backend(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = format!("{name}\n");
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connections_are_not_held_against_a_backend() {
+    let (closing, task) = closing_backend("closing").await;
+    let other = Upstream::start("other").await;
+    let body = format!(
+        "[[routes]]\nservice = \"s\"\n\n[services.s.outlier]\nconsecutive_failures = 2\nbase_ejection = \"60s\"\n\n\
+         [services.s.pools.main]\nbackends = [\"{closing}\", \"{}\"]\n",
+        other.addr
+    );
+    let proxy = Proxy::start(&body).await;
+    let (bodies, failures) = tally(&Client::new(), &proxy.url("/"), 300, 1).await;
+    task.abort();
+    assert!(
+        failures.is_empty(),
+        "stale connections are retried: {:?}",
+        failures.first()
+    );
+    assert!(
+        bodies.get("closing").copied().unwrap_or(0) > 50,
+        "{bodies:?}"
+    );
+    assert!(
+        !proxy.logs().contains("backend ejected"),
+        "{}",
+        proxy.logs()
+    );
+}
