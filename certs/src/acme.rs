@@ -19,6 +19,7 @@ use instant_acme::{
 };
 use switchyard_config::{Acme, CertificateFiles};
 
+use crate::acme_http::{AcmeHttp, CaRefusal};
 use crate::{load_pair, CertResolver, LoadedCert};
 
 /// Orders in flight at once.
@@ -29,6 +30,8 @@ const RETRY_BASE: Duration = Duration::from_secs(5);
 const RETRY_CAP: Duration = Duration::from_secs(3600);
 /// Wait after a rate-limit error from the CA.
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
+/// Longest wait a CA's `Retry-After` can impose.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 /// Renewals of one host are at least this far apart, whatever the settings.
 const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
 /// A failing renewal this close to expiry is logged as an alert.
@@ -83,6 +86,7 @@ pub struct AcmeManager {
     challenges: Arc<ChallengeStore>,
     account: tokio::sync::Mutex<Option<Account>>,
     status: Mutex<BTreeMap<String, HostStatus>>,
+    last_refusal: Arc<Mutex<Option<CaRefusal>>>,
 }
 
 impl AcmeManager {
@@ -95,6 +99,7 @@ impl AcmeManager {
             challenges,
             account: tokio::sync::Mutex::new(None),
             status: Mutex::new(BTreeMap::new()),
+            last_refusal: Arc::default(),
         }
     }
 
@@ -288,13 +293,20 @@ impl AcmeManager {
                     s.failures += 1;
                     failures = s.failures;
                 });
-                let wait = match &e {
-                    OrderError::RateLimited(_) => RATE_LIMIT_WAIT,
-                    _ => (RETRY_BASE * 2u32.pow(failures.saturating_sub(1).min(12))).min(RETRY_CAP),
+                let refusal = self.refusal_since(started);
+                let asked = refusal.as_ref().and_then(|r| {
+                    let at = r.retry_at?;
+                    Some(at.duration_since(r.received).unwrap_or_default())
+                });
+                let wait = retry_wait(&e, failures, asked);
+                let e = match refusal {
+                    Some(r) => explain(e, &r),
+                    None => e.to_string(),
                 };
                 let at = SystemTime::now() + wait;
                 tracing::error!(
                     %host, failures, retry_in = ?wait,
+                    ca_retry_after = asked.map(|d| d.as_secs()),
                     "certificate order failed; the current certificate keeps serving: {e}"
                 );
                 let not_after = self.status().get(host).and_then(|s| s.not_after);
@@ -308,7 +320,7 @@ impl AcmeManager {
                     }
                 }
                 self.update(host, |s| {
-                    s.last_error = Some(e.to_string());
+                    s.last_error = Some(e);
                     s.next_attempt = Some(at);
                 });
                 at
@@ -377,6 +389,12 @@ impl AcmeManager {
         load_pair(&files, SystemTime::now()).map_err(|e| OrderError::Other(e.to_string()))
     }
 
+    /// The CA's last error answer, if it came after `since`.
+    fn refusal_since(&self, since: SystemTime) -> Option<CaRefusal> {
+        let slot = self.last_refusal.lock().ok()?;
+        slot.as_ref().filter(|r| r.received >= since).cloned()
+    }
+
     fn account_path(&self) -> PathBuf {
         self.config.state_dir.join("account.json")
     }
@@ -387,9 +405,10 @@ impl AcmeManager {
         if let Some(account) = cached.as_ref() {
             return Ok(account.clone());
         }
-        let builder = || match &self.config.ca_root {
-            Some(root) => Account::builder_with_root(root),
-            None => Account::builder(),
+        let builder = || -> Result<_, OrderError> {
+            let http = AcmeHttp::new(self.config.ca_root.as_deref(), self.last_refusal.clone())
+                .map_err(OrderError::Other)?;
+            Ok(Account::builder_with_http(Box::new(http)))
         };
         let path = self.account_path();
         let account = match std::fs::read(&path) {
@@ -437,6 +456,36 @@ async fn describe_failed_order(order: &mut instant_acme::Order) -> String {
         }
     }
     detail
+}
+
+/// The wait before the next attempt after `failures` failures in a row:
+/// exponential from [`RETRY_BASE`] to [`RETRY_CAP`], an hour after a
+/// rate-limit error, and never shorter than the CA's `Retry-After` (itself
+/// capped at a day, so a bad header cannot park renewals for good).
+fn retry_wait(e: &OrderError, failures: u32, asked: Option<Duration>) -> Duration {
+    let backoff = (RETRY_BASE * 2u32.pow(failures.saturating_sub(1).min(12))).min(RETRY_CAP);
+    let own = match e {
+        OrderError::RateLimited(_) => RATE_LIMIT_WAIT.max(backoff),
+        _ => backoff,
+    };
+    match asked {
+        // A CA that names its own wait is believed, even when it is shorter
+        // than the generic rate-limit hour.
+        Some(asked) => asked.min(RETRY_AFTER_CAP).max(backoff),
+        None => own,
+    }
+}
+
+/// The failure's text, naming the CA's own answer when the error does not
+/// already carry it.
+fn explain(e: OrderError, refusal: &CaRefusal) -> String {
+    let text = e.to_string();
+    let said = match &refusal.detail {
+        Some(detail) if text.contains(detail.as_str()) => return text,
+        Some(detail) => format!("{}: {detail}", refusal.status),
+        None => refusal.status.clone(),
+    };
+    format!("{text} (the CA answered {said})")
 }
 
 /// Why an order failed.
@@ -543,4 +592,29 @@ pub fn temporary_cert(host: &str) -> Result<LoadedCert, String> {
         SystemTime::now(),
     )
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_back_off_and_honour_the_ca() {
+        let other = OrderError::Other("connection refused".into());
+        let limited = OrderError::RateLimited("too many".into());
+        assert_eq!(retry_wait(&other, 1, None), RETRY_BASE);
+        assert_eq!(retry_wait(&other, 3, None), RETRY_BASE * 4);
+        assert_eq!(retry_wait(&other, 40, None), RETRY_CAP);
+        assert_eq!(retry_wait(&limited, 1, None), RATE_LIMIT_WAIT);
+        // The CA's wait wins over a shorter backoff, and over the hour.
+        let asked = Duration::from_secs(600);
+        assert_eq!(retry_wait(&other, 1, Some(asked)), asked);
+        assert_eq!(retry_wait(&limited, 1, Some(asked)), asked);
+        // Never shorter than our own backoff, never longer than a day.
+        assert_eq!(retry_wait(&other, 5, Some(Duration::ZERO)), RETRY_BASE * 16);
+        assert_eq!(
+            retry_wait(&other, 1, Some(Duration::from_secs(10 * 86_400))),
+            RETRY_AFTER_CAP
+        );
+    }
 }

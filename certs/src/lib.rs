@@ -12,6 +12,7 @@
 //! Start with [`load_pair`], then [`CertTable`] and [`CertResolver`].
 
 mod acme;
+mod acme_http;
 mod error;
 mod load;
 mod resolver;
@@ -19,6 +20,7 @@ mod resolver;
 pub use acme::{
     temporary_cert, write_private, AcmeManager, ChallengeStore, HostStatus, OrderError,
 };
+pub use acme_http::{parse_retry_after, CaRefusal};
 pub use error::CertError;
 pub use load::{load_ca_file, load_pair, CertInfo, LoadedCert};
 pub use resolver::{CertResolver, CertTable};

@@ -423,3 +423,103 @@ async fn renews_early_keeps_serving_through_a_ca_outage_and_recovers() {
     })
     .await;
 }
+
+/// A CA in maintenance: every request gets 503 with `Retry-After`.
+async fn unavailable_ca(ca: &TestCa, retry_after: &'static str) -> (SocketAddr, AbortOnDrop) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let tls = tokio_rustls::TlsAcceptor::from(ca.leaf(&["127.0.0.1"]).server_config());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| async move {
+                    let body = r#"{"type":"urn:ietf:params:acme:error:serverInternal","detail":"down for maintenance","status":503}"#;
+                    hyper::Response::builder()
+                        .status(503)
+                        .header("content-type", "application/problem+json")
+                        .header("retry-after", retry_after)
+                        .body(http_body_util::Full::new(Bytes::from_static(
+                            body.as_bytes(),
+                        )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, AbortOnDrop(task.abort_handle()))
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_as_long_as_the_ca_asks_with_retry_after() {
+    let ca = TestCa::new();
+    let (ca_addr, _ca) = unavailable_ca(&ca, "1800").await;
+    let upstream = Upstream::start("app").await;
+    let state = tempfile::tempdir().expect("state dir");
+    let dir = tempfile::tempdir().expect("dir");
+    let root = ca.write(dir.path(), "acme-root");
+    let body = format!(
+        r#"[acme]
+directory = "https://{ca_addr}/dir"
+contact = ["mailto:ops@example.test"]
+accept_terms = true
+state_dir = "{}"
+ca_root = "{}"
+hosts = ["{}"]
+
+[[routes]]
+service = "s"
+https_redirect = false
+
+[services.s.pools.main]
+backends = ["{}"]
+"#,
+        state.path().display(),
+        root.display(),
+        HOSTS[0],
+        upstream.addr,
+    );
+    let proxy = start_proxy(&body, free_port()).await;
+    proxy
+        .wait_for_log("certificate order failed; the current certificate keeps serving")
+        .await;
+    let logs = proxy.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("certificate order failed"))
+        .expect("failure line");
+    assert!(
+        line.contains("retry_in=1800s") && line.contains("ca_retry_after=1800"),
+        "the next attempt waits the CA's 30 minutes, not the 5 s backoff: {line}"
+    );
+    assert!(
+        line.contains("503 Service Unavailable: down for maintenance"),
+        "the failure names the CA's answer: {line}"
+    );
+    // Meanwhile the host is served its temporary certificate.
+    let leaf = served(&proxy, HOSTS[0], None).await;
+    let name = b"Switchyard temporary certificate";
+    assert!(
+        leaf.windows(name.len()).any(|w| w == name),
+        "temporary certificate until the CA is back"
+    );
+}
