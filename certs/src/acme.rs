@@ -32,6 +32,10 @@ const RETRY_CAP: Duration = Duration::from_secs(3600);
 const RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
 /// Longest wait a CA's `Retry-After` can impose.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
+/// Renewal information is asked again no sooner than this...
+const ARI_POLL_MIN: Duration = Duration::from_secs(60);
+/// ...and no later than this (RFC 9773 suggests daily at most).
+const ARI_POLL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Renewals of one host are at least this far apart, whatever the settings.
 const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
 /// A failing renewal this close to expiry is logged as an alert.
@@ -87,6 +91,18 @@ pub struct AcmeManager {
     account: tokio::sync::Mutex<Option<Account>>,
     status: Mutex<BTreeMap<String, HostStatus>>,
     last_refusal: Arc<Mutex<Option<CaRefusal>>>,
+    /// Per host, the leaf to ask ACME Renewal Information about and when to
+    /// ask again (only while the CA offers it).
+    ari_polls: Mutex<BTreeMap<String, AriPoll>>,
+}
+
+/// When to ask the CA again whether a certificate should be renewed early.
+#[derive(Debug, Clone)]
+struct AriPoll {
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    serial: String,
+    issued: Option<SystemTime>,
+    next: SystemTime,
 }
 
 impl AcmeManager {
@@ -100,6 +116,7 @@ impl AcmeManager {
             account: tokio::sync::Mutex::new(None),
             status: Mutex::new(BTreeMap::new()),
             last_refusal: Arc::default(),
+            ari_polls: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -137,7 +154,7 @@ impl AcmeManager {
             }
             match load_pair(&self.files(host), SystemTime::now()) {
                 Ok(cert) => {
-                    let at = self.due(&cert, None).await;
+                    let at = self.due(host, &cert, None).await;
                     tracing::info!(%host, serial = %cert.info.serial, not_after = %humantime::format_rfc3339_seconds(cert.info.not_after), renew_at = %humantime::format_rfc3339_seconds(at), "ACME certificate loaded from the state directory");
                     let not_after = cert.info.not_after;
                     self.resolver.set_managed(host, cert);
@@ -164,13 +181,29 @@ impl AcmeManager {
         }
         let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_ORDERS));
         loop {
-            let Some(next) = due.values().min().copied() else {
+            let Some(mut next) = due.values().min().copied() else {
                 return;
             };
+            if let Some(poll) = self.next_ari_poll() {
+                next = next.min(poll);
+            }
             let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
             // Wake at least hourly, so a clock jump cannot delay renewals long.
             tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
             let now = SystemTime::now();
+            for (host, poll) in self.ari_due(now) {
+                let Some(at) = due.get(&host).copied() else {
+                    continue;
+                };
+                if at <= now {
+                    continue;
+                }
+                let at = self
+                    .earlier_if_suggested(&host, poll.leaf, poll.issued, at, &poll.serial)
+                    .await;
+                self.update(&host, |s| s.next_attempt = Some(at));
+                due.insert(host, at);
+            }
             let ready: Vec<String> = due
                 .iter()
                 .filter(|(_, at)| **at <= now)
@@ -195,33 +228,97 @@ impl AcmeManager {
 
     /// When `cert` should be renewed: [`Self::renewal_time`], or earlier
     /// inside the window the CA suggests through ACME Renewal Information
-    /// (RFC 9773) when it offers it.
-    async fn due(&self, cert: &LoadedCert, issued: Option<SystemTime>) -> SystemTime {
+    /// (RFC 9773) when it offers it. Where the CA does, the host is polled
+    /// again when the CA's `Retry-After` says, so a window the CA moves
+    /// earlier (a revocation, say) is acted on.
+    async fn due(&self, host: &str, cert: &LoadedCert, issued: Option<SystemTime>) -> SystemTime {
         let ours = self.renewal_time(cert, issued);
-        match self.suggested_renewal(cert).await {
-            Some(at) if at < ours => {
+        let Some(leaf) = cert.key.cert.first().cloned() else {
+            return ours;
+        };
+        self.earlier_if_suggested(host, leaf, issued, ours, cert.info.serial.as_str())
+            .await
+    }
+
+    /// `ours`, or the CA's suggestion when it comes earlier; records when to
+    /// poll again.
+    async fn earlier_if_suggested(
+        &self,
+        host: &str,
+        leaf: rustls::pki_types::CertificateDer<'static>,
+        issued: Option<SystemTime>,
+        ours: SystemTime,
+        serial: &str,
+    ) -> SystemTime {
+        let suggestion = self.suggested_renewal(&leaf).await;
+        if let Ok(mut polls) = self.ari_polls.lock() {
+            match &suggestion {
+                Some((_, poll_in)) => {
+                    let next = SystemTime::now() + (*poll_in).clamp(ARI_POLL_MIN, ARI_POLL_MAX);
+                    let serial = serial.to_string();
+                    polls.insert(
+                        host.to_string(),
+                        AriPoll {
+                            leaf,
+                            serial,
+                            issued,
+                            next,
+                        },
+                    );
+                }
+                None => {
+                    polls.remove(host);
+                }
+            }
+        }
+        match suggestion {
+            Some((at, _)) if at < ours => {
                 let at = match issued {
                     Some(issued) => at.max(issued + MIN_RENEWAL_GAP),
                     None => at,
                 };
-                tracing::info!(serial = %cert.info.serial, renew_at = %humantime::format_rfc3339_seconds(at), "the CA suggests an earlier renewal");
+                tracing::info!(%host, %serial, renew_at = %humantime::format_rfc3339_seconds(at), "the CA suggests an earlier renewal");
                 at
             }
             _ => ours,
         }
     }
 
-    /// A time inside the CA's suggested renewal window, if it has one.
-    async fn suggested_renewal(&self, cert: &LoadedCert) -> Option<SystemTime> {
+    /// Hosts whose renewal information is due to be asked again.
+    fn ari_due(&self, now: SystemTime) -> Vec<(String, AriPoll)> {
+        self.ari_polls
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter(|(_, poll)| poll.next <= now)
+                    .map(|(h, poll)| (h.clone(), poll.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The earliest renewal-information poll.
+    fn next_ari_poll(&self) -> Option<SystemTime> {
+        self.ari_polls
+            .lock()
+            .ok()
+            .and_then(|p| p.values().map(|poll| poll.next).min())
+    }
+
+    /// A time inside the CA's suggested renewal window, and when to ask
+    /// again, if the CA offers renewal information.
+    async fn suggested_renewal(
+        &self,
+        leaf: &rustls::pki_types::CertificateDer<'static>,
+    ) -> Option<(SystemTime, Duration)> {
         // Never create an account just to ask.
         if self.account.lock().await.is_none() && !self.account_path().exists() {
             return None;
         }
         let account = self.account().await.ok()?;
-        let leaf = cert.key.cert.first()?;
         let id = instant_acme::CertificateIdentifier::try_from(leaf).ok()?;
         match account.renewal_info(&id).await {
-            Ok((info, _)) => {
+            Ok((info, poll_in)) => {
                 use rand::RngExt;
                 let start = SystemTime::UNIX_EPOCH
                     + Duration::from_secs(
@@ -234,7 +331,7 @@ impl AcmeManager {
                 let span = end.duration_since(start).ok()?;
                 // A random point in the window spreads renewals, as RFC 9773 asks.
                 let offset = rand::rng().random_range(0..=span.as_secs());
-                Some(start + Duration::from_secs(offset))
+                Some((start + Duration::from_secs(offset), poll_in))
             }
             Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
@@ -270,7 +367,7 @@ impl AcmeManager {
         tracing::info!(%host, "ordering a certificate");
         match self.order(host).await {
             Ok(cert) => {
-                let at = self.due(&cert, Some(started)).await;
+                let at = self.due(host, &cert, Some(started)).await;
                 tracing::info!(
                     %host, serial = %cert.info.serial,
                     not_after = %humantime::format_rfc3339_seconds(cert.info.not_after),

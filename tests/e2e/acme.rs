@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -522,4 +524,154 @@ backends = ["{}"]
         leaf.windows(name.len()).any(|w| w == name),
         "temporary certificate until the CA is back"
     );
+}
+
+/// Adds ACME Renewal Information to pebble (which has none): serves a copy
+/// of pebble's directory with a `renewalInfo` URL of its own and answers
+/// it with a window that is open now. Everything else goes to pebble.
+struct AriFront {
+    addr: SocketAddr,
+    asked: Arc<AtomicUsize>,
+    _task: AbortOnDrop,
+}
+
+impl AriFront {
+    async fn start(pebble: &Pebble) -> AriFront {
+        // Pebble's own directory.
+        let spec = ClientSpec {
+            sni: Some("localhost"),
+            roots: Some(pebble.api_ca.roots()),
+            ..ClientSpec::default()
+        };
+        let stream = tls_connect(pebble.api, spec).await.expect("pebble API");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        // Pebble names its URLs after the Host it is asked with.
+        let req = Request::get("/dir")
+            .header("host", pebble.api.to_string())
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let body = sender
+            .send_request(req)
+            .await
+            .expect("directory")
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let mut directory: serde_json::Value = serde_json::from_slice(&body).expect("directory");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        directory["renewalInfo"] = serde_json::Value::String(format!("https://{addr}/ari"));
+        let directory = Bytes::from(directory.to_string());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let tls =
+            tokio_rustls::TlsAcceptor::from(pebble.api_ca.leaf(&["127.0.0.1"]).server_config());
+        let counter = asked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (tls, directory, counter) = (tls.clone(), directory.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req: Request<_>| {
+                        let (directory, counter) = (directory.clone(), counter.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(ari_answer(&req, directory, &counter))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        AriFront {
+            addr,
+            asked,
+            _task: AbortOnDrop(task.abort_handle()),
+        }
+    }
+}
+
+fn ari_answer<B>(
+    req: &Request<B>,
+    directory: Bytes,
+    asked: &AtomicUsize,
+) -> hyper::Response<http_body_util::Full<Bytes>> {
+    let reply = |status: u16, body: Bytes| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("retry-after", "21600")
+            .body(http_body_util::Full::new(body))
+            .expect("response")
+    };
+    if req.uri().path() == "/dir" {
+        return reply(200, directory);
+    }
+    if req.uri().path().starts_with("/ari/") {
+        asked.fetch_add(1, Ordering::SeqCst);
+        // A window that opened a minute ago and closes in a minute.
+        let now = std::time::SystemTime::now();
+        let minute = Duration::from_secs(60);
+        let body = format!(
+            r#"{{"suggestedWindow":{{"start":"{}","end":"{}"}}}}"#,
+            humantime::format_rfc3339_seconds(now - minute),
+            humantime::format_rfc3339_seconds(now + minute),
+        );
+        return reply(200, Bytes::from(body));
+    }
+    reply(404, Bytes::from_static(b"{}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_inside_the_window_the_ca_suggests_with_renewal_information() {
+    let up = Upstream::start("app").await;
+    let http_port = free_port();
+    let pebble = Pebble::start(http_port).await;
+    let front = AriFront::start(&pebble).await;
+    let state = tempfile::tempdir().expect("state dir");
+    // Our own schedule would wait years (pebble's certificates are long-lived).
+    let body = acme_body(&pebble, state.path(), up.addr, "")
+        .replace(&pebble.directory(), &format!("https://{}/dir", front.addr));
+    let proxy = start_proxy(&body, http_port).await;
+    wait_count(
+        &proxy,
+        "ACME certificate issued and serving",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let first = served(&proxy, HOSTS[0], None).await;
+    assert!(
+        front.asked.load(Ordering::SeqCst) >= 2,
+        "renewal information asked for each new certificate"
+    );
+    assert!(
+        count(&proxy, "the CA suggests an earlier renewal") >= 2,
+        "the CA's window comes before our own schedule"
+    );
+    // The window is open: each host renews as soon as allowed.
+    wait_count(
+        &proxy,
+        "ACME certificate issued and serving",
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    crate::harness::eventually(Duration::from_secs(10), "a renewed certificate", || async {
+        served(&proxy, HOSTS[0], None).await != first
+    })
+    .await;
 }
