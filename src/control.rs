@@ -30,6 +30,8 @@ pub struct Controller {
     pub acme: Option<Arc<AcmeManager>>,
     /// When the process started.
     pub started: SystemTime,
+    /// Automated rollouts.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
     /// Renders the metrics registry.
     pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -73,7 +75,7 @@ impl Controller {
 
 /// Sets `services.SERVICE.split` in `doc` to `shares` (pools not named get
 /// 0), keeping the layout and comments around it.
-fn write_split(
+pub(crate) fn write_split(
     doc: &mut DocumentMut,
     config: &Config,
     service: &str,
@@ -251,7 +253,31 @@ impl Control for Controller {
             "services": services,
             "certificates": certificates,
             "acme": acme,
+            "rollouts": self.rollouts.status(),
         })
+    }
+
+    fn rollout(
+        &self,
+        service: &str,
+        action: &str,
+        params: &Value,
+        by: &str,
+    ) -> Result<Change, Refusal> {
+        self.rollouts.command(service, action, params, by)
+    }
+
+    fn rollout_status(&self, service: &str) -> Result<Value, Refusal> {
+        if self
+            .snapshot
+            .load()
+            .services
+            .iter()
+            .all(|s| s.name != service)
+        {
+            return Err(Refusal::new(404, format!("no service {service:?}")));
+        }
+        Ok(self.rollouts.status_of(service))
     }
 
     fn health(&self) -> (bool, Value) {

@@ -67,6 +67,117 @@ enum CtlCommand {
     },
     /// Re-read the config file now.
     Reload,
+    /// Automated canary rollouts: status, start, pause, resume, promote, abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// The current step, time left, measured numbers and decisions.
+    Status {
+        /// The service.
+        service: String,
+    },
+    /// Start a rollout at step 0; options override the file's settings.
+    Start {
+        /// The service.
+        service: String,
+        /// The stable pool.
+        #[arg(long)]
+        from: Option<String>,
+        /// The canary pool.
+        #[arg(long)]
+        to: Option<String>,
+        /// Canary share per step, in percent, for example 1,5,25,50,100.
+        #[arg(long, value_delimiter = ',')]
+        steps: Option<Vec<u32>>,
+        /// How long each step is measured, for example 2m.
+        #[arg(long)]
+        step_duration: Option<String>,
+        /// Canary requests needed per step before judging.
+        #[arg(long)]
+        min_requests: Option<u64>,
+        /// Highest canary error rate that passes, for example 0.01.
+        #[arg(long)]
+        max_error_rate: Option<f64>,
+        /// Highest canary p99 that passes, for example 500ms.
+        #[arg(long)]
+        max_p99: Option<String>,
+        /// Highest canary p99 as a multiple of the stable pool's.
+        #[arg(long)]
+        max_p99_ratio: Option<f64>,
+    },
+    /// Hold at the current step.
+    Pause {
+        /// The service.
+        service: String,
+    },
+    /// Continue a paused (or held) rollout; the step is measured afresh.
+    Resume {
+        /// The service.
+        service: String,
+    },
+    /// Give the canary all traffic now.
+    Promote {
+        /// The service.
+        service: String,
+    },
+    /// Roll back now: all traffic to the stable pool.
+    Abort {
+        /// The service.
+        service: String,
+    },
+}
+
+impl RolloutCommand {
+    fn request(&self) -> (&'static str, String, Option<Value>) {
+        let (service, action) = match self {
+            RolloutCommand::Status { service } => {
+                return ("GET", format!("/api/v1/services/{service}/rollout"), None)
+            }
+            RolloutCommand::Start {
+                service,
+                from,
+                to,
+                steps,
+                step_duration,
+                min_requests,
+                max_error_rate,
+                max_p99,
+                max_p99_ratio,
+            } => {
+                let mut map = serde_json::Map::new();
+                let mut put = |k: &str, v: Option<Value>| {
+                    if let Some(v) = v {
+                        map.insert(k.to_string(), v);
+                    }
+                };
+                put("from", from.as_ref().map(|v| json!(v)));
+                put("to", to.as_ref().map(|v| json!(v)));
+                put("steps", steps.as_ref().map(|v| json!(v)));
+                put("step_duration", step_duration.as_ref().map(|v| json!(v)));
+                put("min_requests", min_requests.map(|v| json!(v)));
+                put("max_error_rate", max_error_rate.map(|v| json!(v)));
+                put("max_p99", max_p99.as_ref().map(|v| json!(v)));
+                put("max_p99_ratio", max_p99_ratio.map(|v| json!(v)));
+                return (
+                    "POST",
+                    format!("/api/v1/services/{service}/rollout/start"),
+                    Some(Value::Object(map)),
+                );
+            }
+            RolloutCommand::Pause { service } => (service, "pause"),
+            RolloutCommand::Resume { service } => (service, "resume"),
+            RolloutCommand::Promote { service } => (service, "promote"),
+            RolloutCommand::Abort { service } => (service, "abort"),
+        };
+        (
+            "POST",
+            format!("/api/v1/services/{service}/rollout/{action}"),
+            None,
+        )
+    }
 }
 
 /// Runs one `ctl` command; exits non-zero with the API's reason on refusal.
@@ -119,6 +230,7 @@ pub fn run(args: CtlArgs) -> ExitCode {
             Some(json!({ "service": service, "pool": pool, "backend": backend })),
         ),
         CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None),
+        CtlCommand::Rollout(r) => r.request(),
     };
     let (status, reply) = match request(&args, method, &path, body.as_ref()) {
         Ok(r) => r,
@@ -152,6 +264,11 @@ pub fn run(args: CtlArgs) -> ExitCode {
         match &args.command {
             CtlCommand::Status => print_status(&reply),
             CtlCommand::Reload => println!("generation {} serving", reply["generation"]),
+            CtlCommand::Rollout(RolloutCommand::Status { .. }) => print_rollout(&reply),
+            CtlCommand::Rollout(_) => {
+                println!("generation {}", reply["generation"]);
+                print_rollout(&reply["after"]);
+            }
             CtlCommand::Drain { .. } | CtlCommand::Undrain { .. } => println!(
                 "generation {}: draining {}",
                 reply["generation"], reply["after"]
@@ -176,6 +293,52 @@ fn shares_line(split: &Value) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+fn print_rollout(r: &Value) {
+    if r.is_null() {
+        println!("no rollout");
+        return;
+    }
+    println!(
+        "{} rollout {} -> {}: {}, step {} of {} ({}% canary){}",
+        r["service"].as_str().unwrap_or("?"),
+        r["from"].as_str().unwrap_or("?"),
+        r["to"].as_str().unwrap_or("?"),
+        r["state"].as_str().unwrap_or("?"),
+        r["step"].as_u64().map_or(0, |s| s + 1),
+        r["steps"].as_array().map_or(0, Vec::len),
+        r["share"],
+        r["time_left_seconds"]
+            .as_f64()
+            .map_or(String::new(), |t| format!(", {t:.0}s left in the step")),
+    );
+    if let Some(held) = r["held"].as_str() {
+        println!("  held: {held}");
+    }
+    for (label, pool) in [
+        ("canary", &r["measured"]["canary"]),
+        ("stable", &r["measured"]["stable"]),
+    ] {
+        println!(
+            "  {label}: {} requests, {:.2}% errors, p99 {}",
+            pool["requests"],
+            pool["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            pool["p99_ms"]
+                .as_f64()
+                .map_or("-".to_string(), |ms| format!("{ms:.1}ms"))
+        );
+    }
+    for d in r["history"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<9} {:>3}% by {}: {}",
+            d["at"].as_str().unwrap_or("?"),
+            d["decision"].as_str().unwrap_or("?"),
+            d["share"],
+            d["by"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
 }
 
 fn print_status(doc: &Value) {

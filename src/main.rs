@@ -12,6 +12,7 @@ mod ctl;
 mod demo;
 mod logging;
 mod reload;
+mod rollout;
 mod server;
 mod tls_log;
 
@@ -55,7 +56,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Talk to a running instance's admin API.
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
     /// Start the proxy with two demo upstreams (blue and green) at 90/10.
     Demo {
         /// Where the demo proxy listens.
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Ctl(args) => ctl::run(args),
+        Command::Ctl(args) => ctl::run(*args),
         Command::Run { config } => {
             logging::init(cli.log_format);
             run(config)

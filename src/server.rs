@@ -17,7 +17,9 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use switchyard_admin::{AdminApi, Token};
+use switchyard_admin::{AdminApi, AuditLog, Token};
+
+use crate::rollout::{RolloutService, Rollouts};
 use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
 use switchyard_config::{Config, TokenSource};
 use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
@@ -164,6 +166,12 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         HealthChecker::new(snapshot.clone()),
     ));
     let admin = config.listen.admin.map(|addr| (addr, config.admin.clone()));
+    let audit = match &config.admin.audit_log {
+        Some(path) => Some(Arc::new(AuditLog::open(path).with_context(|| {
+            format!("cannot open the audit log {}", path.display())
+        })?)),
+        None => None,
+    };
     let serving = Serving {
         snapshot: snapshot.clone(),
         health: health.clone(),
@@ -175,28 +183,28 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         "config reload",
         ReloadService(reloader.clone()),
     ));
+    let rollouts = Arc::new(Rollouts::new(
+        reloader.clone(),
+        snapshot.clone(),
+        audit.clone(),
+    ));
+    server.add_service(background_service(
+        "rollouts",
+        RolloutService(rollouts.clone()),
+    ));
     if let Some((addr, settings)) = admin {
         let tokens = load_tokens(&settings)?;
         let controller = Controller {
             reloader,
             snapshot,
             health,
+            rollouts,
             resolver: resolver.clone(),
             acme: acme_manager,
             started: std::time::SystemTime::now(),
             prometheus: prometheus.clone(),
         };
-        let api = AdminApi::new(Arc::new(controller), tokens, settings.audit_log.as_deref())
-            .with_context(|| {
-                format!(
-                    "cannot open the audit log {}",
-                    settings
-                        .audit_log
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                )
-            })?;
+        let api = AdminApi::new(Arc::new(controller), tokens, audit.clone());
         let mut service =
             pingora::services::listening::Service::new("switchyard admin".into(), api);
         service.add_tcp(&addr.to_string());

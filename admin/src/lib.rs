@@ -54,6 +54,18 @@ pub trait Control: Send + Sync {
         drain: bool,
         if_match: Option<u64>,
     ) -> Result<Change, Refusal>;
+    /// A rollout command for `service`: `start` (with `params`, settings
+    /// over those in the file), `pause`, `resume`, `promote` or `abort`;
+    /// `by` names the caller.
+    fn rollout(
+        &self,
+        service: &str,
+        action: &str,
+        params: &Value,
+        by: &str,
+    ) -> Result<Change, Refusal>;
+    /// The state of `service`'s rollout (`null` without one).
+    fn rollout_status(&self, service: &str) -> Result<Value, Refusal>;
     /// Re-reads the config file now.
     fn reload(&self) -> Result<Change, Refusal>;
     /// Metrics in the Prometheus text format.
@@ -103,11 +115,52 @@ pub struct Token {
     pub secret: Vec<u8>,
 }
 
+/// The audit log: append-only JSON lines, each made durable before the
+/// change it records is answered.
+pub struct AuditLog {
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (creating it and its directory if needed) the log at `path`.
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AuditLog {
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends `entry` with the current time as `time`, and syncs it.
+    pub fn record(&self, mut entry: Value) {
+        if let Some(map) = entry.as_object_mut() {
+            map.insert(
+                "time".into(),
+                json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+            );
+        }
+        let Ok(mut file) = self.file.lock() else {
+            return;
+        };
+        let written = writeln!(file, "{entry}")
+            .and_then(|_| file.flush())
+            .and_then(|_| file.sync_data());
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
 /// The admin HTTP application.
 pub struct AdminApi {
     control: Arc<dyn Control>,
     tokens: Vec<Token>,
-    audit: Option<Mutex<File>>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 struct Caller {
@@ -118,31 +171,17 @@ struct Caller {
 impl AdminApi {
     /// The API over `control`. With no `tokens`, callers are not
     /// authenticated (the config only allows that on loopback). Changes are
-    /// appended to `audit_log` when given.
+    /// appended to `audit` when given.
     pub fn new(
         control: Arc<dyn Control>,
         tokens: Vec<Token>,
-        audit_log: Option<&Path>,
-    ) -> std::io::Result<Self> {
-        let audit = match audit_log {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                Some(Mutex::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)?,
-                ))
-            }
-            None => None,
-        };
-        Ok(AdminApi {
+        audit: Option<Arc<AuditLog>>,
+    ) -> Self {
+        AdminApi {
             control,
             tokens,
             audit,
-        })
+        }
     }
 
     fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
@@ -200,8 +239,7 @@ impl AdminApi {
                 None,
             ),
         };
-        let line = json!({
-            "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        audit.record(json!({
             "token": caller.name,
             "client": client,
             "action": action,
@@ -210,16 +248,7 @@ impl AdminApi {
             "after": after,
             "result": result,
             "generation": generation,
-        });
-        let Ok(mut file) = audit.lock() else {
-            return;
-        };
-        let written = writeln!(file, "{line}")
-            .and_then(|_| file.flush())
-            .and_then(|_| file.sync_data());
-        if let Err(e) = written {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
+        }));
     }
 }
 
@@ -288,6 +317,11 @@ async fn change_request(session: &mut ServerSession) -> Result<(Option<u64>, Val
 }
 
 async fn read_json(session: &mut ServerSession) -> Result<Value, ApiError> {
+    let body = read_body(session).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError(400, format!("invalid JSON: {e}")))
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
@@ -300,6 +334,15 @@ async fn read_json(session: &mut ServerSession) -> Result<Value, ApiError> {
             Ok(None) => break,
             Err(_) => return Err(ApiError(400, "cannot read the request body".into())),
         }
+    }
+    Ok(body)
+}
+
+/// A JSON body, or `null` when the request has none.
+async fn read_json_or_empty(session: &mut ServerSession) -> Result<Value, ApiError> {
+    let body = read_body(session).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
     }
     serde_json::from_slice(&body).map_err(|e| ApiError(400, format!("invalid JSON: {e}")))
 }
@@ -441,6 +484,32 @@ impl ServeHttp for AdminApi {
                     self.control
                         .drain(&service, &pool, &backend, action == "drain", generation);
                 self.audit(&caller, &client, &action, body, &outcome);
+                outcome_response(&outcome)
+            }
+            ("GET", ["api", "v1", "services", service, "rollout"]) => {
+                match self.control.rollout_status(service) {
+                    Ok(v) => respond(200, &v),
+                    Err(r) => respond(r.status, &json!({ "error": r.reason })),
+                }
+            }
+            ("POST", ["api", "v1", "services", service, "rollout", action]) => {
+                let (service, action) = (service.to_string(), action.to_string());
+                let body = if action == "start" {
+                    match read_json_or_empty(session).await {
+                        Ok(b) => b,
+                        Err(e) => return e.into(),
+                    }
+                } else {
+                    Value::Null
+                };
+                let outcome = self.control.rollout(&service, &action, &body, &caller.name);
+                self.audit(
+                    &caller,
+                    &client,
+                    &format!("rollout {action}"),
+                    json!({ "service": service, "settings": body }),
+                    &outcome,
+                );
                 outcome_response(&outcome)
             }
             ("POST", ["api", "v1", "reload"]) => {

@@ -205,7 +205,7 @@ pub struct Route {
 }
 
 /// A service: named pools of backends and how traffic is split among them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// The service's name (its key under `[services]`).
     pub name: String,
@@ -224,6 +224,96 @@ pub struct Service {
     pub sticky: Option<Sticky>,
     /// Request header (lower case) that forces a pool by name, for testers.
     pub override_header: Option<String>,
+    /// Cookie that forces a pool by name, for testers.
+    pub override_cookie: Option<String>,
+    /// When set, an override only counts as `POOL:SECRET`.
+    pub override_secret: Option<String>,
+    /// An automated canary rollout, if configured.
+    pub rollout: Option<Rollout>,
+}
+
+/// An automated canary rollout (`[services.NAME.rollout]`): the canary's
+/// share rises step by step while its measured error rate and latency pass
+/// the gates; a failing canary is rolled back to 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// The stable pool.
+    pub from: String,
+    /// The canary pool.
+    pub to: String,
+    /// Canary share per step, in percent, rising, ending at 100.
+    pub steps: Vec<u32>,
+    /// How long each step is measured before it is judged.
+    pub step_duration: Duration,
+    /// Canary requests needed in a step before it is judged.
+    pub min_requests: u64,
+    /// Highest canary error rate (5xx answers and failed attempts over
+    /// attempts) that passes.
+    pub max_error_rate: f64,
+    /// Highest canary p99 latency that passes, if set.
+    pub max_p99: Option<Duration>,
+    /// Highest canary p99 as a multiple of the stable pool's, if set.
+    pub max_p99_ratio: Option<f64>,
+    /// Failed judgements (in a row) that roll the canary back.
+    pub failures_before_rollback: u32,
+    /// Times a step with too few requests is extended before the rollout
+    /// holds and says why.
+    pub max_extensions: u32,
+    /// An error rate this high, mid-step, rolls back at once.
+    pub rollback_error_rate: f64,
+    /// Where the rollout is.
+    pub state: RolloutState,
+    /// Index into `steps` of the current step.
+    pub step: usize,
+}
+
+/// Where a rollout is; persisted in the file as `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Stepping and judging.
+    Running,
+    /// Holding at the current step until resumed.
+    Paused,
+    /// The canary took all traffic and is the stable pool now.
+    Complete,
+    /// The canary was sent back to 0.
+    RolledBack,
+}
+
+impl RolloutState {
+    /// The word used in the file and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Complete => "complete",
+            RolloutState::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Parses the word used in the file and the API.
+    pub fn parse(s: &str) -> Option<RolloutState> {
+        match s {
+            "running" => Some(RolloutState::Running),
+            "paused" => Some(RolloutState::Paused),
+            "complete" => Some(RolloutState::Complete),
+            "rolled_back" => Some(RolloutState::RolledBack),
+            _ => None,
+        }
+    }
+}
+
+impl Rollout {
+    /// The canary's share at the current step, in percent.
+    pub fn share(&self) -> u32 {
+        match self.state {
+            RolloutState::Complete => 100,
+            RolloutState::RolledBack => 0,
+            RolloutState::Running | RolloutState::Paused => {
+                self.steps.get(self.step).copied().unwrap_or(0)
+            }
+        }
+    }
 }
 
 /// Where a client's stable bucket comes from.

@@ -14,8 +14,8 @@ use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
     Acme, Admin, AdminToken, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics,
-    HealthCheck, HostMatch, Hsts, HttpCheck, Listen, Outlier, Pool, Role, Route, ServerSettings,
-    Service, Sticky, Tls, TokenSource, UpstreamTls,
+    HealthCheck, HostMatch, Hsts, HttpCheck, Listen, Outlier, Pool, Role, Rollout, RolloutState,
+    Route, ServerSettings, Service, Sticky, Tls, TokenSource, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -808,6 +808,9 @@ impl<'a> Walk<'a> {
                 "slow_start",
                 "sticky",
                 "override_header",
+                "override_cookie",
+                "override_secret",
+                "rollout",
             ],
         );
         let anchor = item.span().or(span);
@@ -815,21 +818,30 @@ impl<'a> Walk<'a> {
             None => Some(None),
             Some(v) => self.sticky(v, &join(path, "sticky")).map(Some),
         };
-        let override_header = match table.get("override_header") {
+        let override_header = self.optional_name(table, path, "override_header", true);
+        let override_cookie = self.optional_name(table, path, "override_cookie", false);
+        let override_secret = match table.get("override_secret") {
             None => Some(None),
             Some(v) => {
-                let key = join(path, "override_header");
+                let key = join(path, "override_secret");
                 match self.string(v, &key) {
-                    Some(h)
-                        if !h.is_empty()
-                            && h.bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                    {
-                        Some(Some(h.to_ascii_lowercase()))
-                    }
-                    Some(h) => {
-                        self.error(v.span(), &key, format!("{h:?} is not a header name"));
+                    Some("") => {
+                        self.error(v.span(), &key, "must not be empty");
                         None
+                    }
+                    Some(secret) => {
+                        if table.get("override_header").is_none()
+                            && table.get("override_cookie").is_none()
+                        {
+                            self.error(
+                                v.span(),
+                                &key,
+                                "a secret needs `override_header` or `override_cookie` to guard",
+                            );
+                            None
+                        } else {
+                            Some(Some(secret.to_string()))
+                        }
                     }
                     None => None,
                 }
@@ -924,6 +936,10 @@ impl<'a> Walk<'a> {
         if !(pools_ok && split_ok) {
             return None;
         }
+        let rollout = match table.get("rollout") {
+            None => Some(None),
+            Some(v) => self.rollout(v, &join(path, "rollout"), &pools).map(Some),
+        };
         if !extras_ok {
             return None;
         }
@@ -943,7 +959,270 @@ impl<'a> Walk<'a> {
             slow_start,
             sticky: sticky?,
             override_header: override_header?,
+            override_cookie: override_cookie?,
+            override_secret: override_secret?,
+            rollout: rollout?,
         })
+    }
+
+    /// An optional header or cookie name (`lower`: header names are
+    /// compared in lower case).
+    fn optional_name(
+        &mut self,
+        table: &dyn TableLike,
+        path: &str,
+        key: &str,
+        lower: bool,
+    ) -> Option<Option<String>> {
+        let Some(v) = table.get(key) else {
+            return Some(None);
+        };
+        let key = join(path, key);
+        match self.string(v, &key) {
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(Some(if lower {
+                    h.to_ascii_lowercase()
+                } else {
+                    h.to_string()
+                }))
+            }
+            Some(h) => {
+                self.error(v.span(), &key, format!("{h:?} is not a valid name"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn float(&mut self, item: &Item, path: &str, min: f64, max: f64) -> Option<f64> {
+        let n = match (item.as_float(), item.as_integer()) {
+            (Some(f), _) => f,
+            #[allow(clippy::cast_precision_loss)]
+            (None, Some(i)) => i as f64,
+            _ => {
+                self.error(
+                    item.span(),
+                    path,
+                    format!("expected a number, found {}", item.type_name()),
+                );
+                return None;
+            }
+        };
+        if !(min..=max).contains(&n) {
+            self.error(
+                item.span(),
+                path,
+                format!("{n} is out of range; expected {min} to {max}"),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    /// `[services.NAME.rollout]`.
+    fn rollout(
+        &mut self,
+        item: &Item,
+        path: &str,
+        pools: &BTreeMap<String, (Pool, Option<Range<usize>>)>,
+    ) -> Option<Rollout> {
+        let table = self.table(item, None, path)?;
+        self.known_keys(
+            table,
+            path,
+            &[
+                "from",
+                "to",
+                "steps",
+                "step_duration",
+                "min_requests",
+                "max_error_rate",
+                "max_p99",
+                "max_p99_ratio",
+                "failures_before_rollback",
+                "max_extensions",
+                "rollback_error_rate",
+                "state",
+                "step",
+            ],
+        );
+        let mut ok = true;
+        let pool = |w: &mut Self, key: &str| -> Option<String> {
+            let k = join(path, key);
+            let Some(v) = table.get(key) else {
+                w.error(
+                    item.span(),
+                    &k,
+                    format!(
+                        "missing key; name the {} pool",
+                        if key == "from" { "stable" } else { "canary" }
+                    ),
+                );
+                return None;
+            };
+            let name = w.string(v, &k)?;
+            if !pools.contains_key(name) {
+                let known = pools
+                    .keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                w.error(
+                    v.span(),
+                    &k,
+                    format!("unknown pool; this service has {known}"),
+                );
+                return None;
+            }
+            Some(name.to_string())
+        };
+        let from = pool(self, "from");
+        let to = pool(self, "to");
+        if let (Some(f), Some(t)) = (&from, &to) {
+            if f == t {
+                self.error(
+                    table.get("to").and_then(Item::span),
+                    &join(path, "to"),
+                    "the canary must be another pool than the stable one",
+                );
+                ok = false;
+            }
+        }
+        let mut steps = Vec::new();
+        let steps_key = join(path, "steps");
+        match table.get("steps") {
+            None => steps = vec![1, 5, 25, 50, 100],
+            Some(v) => match v.as_array() {
+                None => {
+                    self.error(
+                        v.span(),
+                        &steps_key,
+                        "expected a list of percentages, like [1, 5, 25, 50, 100]",
+                    );
+                    ok = false;
+                }
+                Some(list) => {
+                    for (i, value) in list.iter().enumerate() {
+                        let k = format!("{steps_key}[{i}]");
+                        match value.as_integer() {
+                            Some(n @ 1..=100) => {
+                                let n = u32::try_from(n).unwrap_or(100);
+                                if steps.last().is_some_and(|last| *last >= n) {
+                                    self.error(value.span(), &k, "steps must rise");
+                                    ok = false;
+                                }
+                                steps.push(n);
+                            }
+                            _ => {
+                                self.error(
+                                    value.span(),
+                                    &k,
+                                    "each step is a percentage from 1 to 100",
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                    if ok && steps.last() != Some(&100) {
+                        self.error(
+                            v.span(),
+                            &steps_key,
+                            "the last step must be 100 (the canary takes all traffic)",
+                        );
+                        ok = false;
+                    }
+                }
+            },
+        }
+        let duration =
+            |w: &mut Self, key: &str, default: Option<Duration>| -> Option<Option<Duration>> {
+                match table.get(key) {
+                    None => Some(default),
+                    Some(v) => {
+                        let k = join(path, key);
+                        match w.duration(v, &k) {
+                            Some(d) if d > Duration::ZERO => Some(Some(d)),
+                            Some(_) => {
+                                w.error(v.span(), &k, "must be more than zero");
+                                None
+                            }
+                            None => None,
+                        }
+                    }
+                }
+            };
+        let step_duration = duration(self, "step_duration", Some(Duration::from_secs(120)));
+        let max_p99 = duration(self, "max_p99", None);
+        let integer = |w: &mut Self, key: &str, default: i64, range: Range<i64>| -> Option<i64> {
+            match table.get(key) {
+                None => Some(default),
+                Some(v) => w.integer(v, &join(path, key), range),
+            }
+        };
+        let min_requests = integer(self, "min_requests", 100, 1..1_000_000_000);
+        let failures = integer(self, "failures_before_rollback", 1, 1..1000);
+        let max_extensions = integer(self, "max_extensions", 3, 0..1000);
+        let step = integer(self, "step", 0, 0..1000);
+        let float = |w: &mut Self, key: &str, min: f64, max: f64| -> Option<Option<f64>> {
+            match table.get(key) {
+                None => Some(None),
+                Some(v) => w.float(v, &join(path, key), min, max).map(Some),
+            }
+        };
+        let max_error_rate = float(self, "max_error_rate", 0.0, 1.0);
+        let max_p99_ratio = float(self, "max_p99_ratio", 1.0, 1000.0);
+        let rollback_error_rate = float(self, "rollback_error_rate", 0.0, 1.0);
+        let state = match table.get("state") {
+            None => Some(RolloutState::Running),
+            Some(v) => {
+                let k = join(path, "state");
+                match self.string(v, &k) {
+                    Some(raw) => {
+                        let parsed = RolloutState::parse(raw);
+                        if parsed.is_none() {
+                            self.error(
+                                v.span(),
+                                &k,
+                                format!("unknown state {raw:?}; expected \"running\", \"paused\", \"complete\" or \"rolled_back\""),
+                            );
+                        }
+                        parsed
+                    }
+                    None => None,
+                }
+            }
+        };
+        let step = usize::try_from(step?).ok()?;
+        if ok && step >= steps.len() {
+            self.error(
+                table.get("step").and_then(Item::span),
+                &join(path, "step"),
+                format!("there are {} steps; `step` counts from 0", steps.len()),
+            );
+            ok = false;
+        }
+        let max_error_rate = max_error_rate?.unwrap_or(0.01);
+        let rollout = Rollout {
+            from: from?,
+            to: to?,
+            steps,
+            step_duration: step_duration??,
+            min_requests: u64::try_from(min_requests?).ok()?,
+            max_error_rate,
+            max_p99: max_p99?,
+            max_p99_ratio: max_p99_ratio?,
+            failures_before_rollback: u32::try_from(failures?).ok()?,
+            max_extensions: u32::try_from(max_extensions?).ok()?,
+            rollback_error_rate: rollback_error_rate?
+                .unwrap_or_else(|| (max_error_rate * 5.0).clamp(0.05, 1.0)),
+            state: state?,
+            step,
+        };
+        ok.then_some(rollout)
     }
 
     /// `sticky = true`, or a table naming the header or cookie to use.
@@ -1926,5 +2205,41 @@ backends = ["127.0.0.1:2"]
             errs[0].contains("services.s.split: missing key"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn rollout_settings_are_checked() {
+        let base = "[listen]\nhttp = \"127.0.0.1:1\"\n[services.s]\nsplit = { a = 100, b = 0 }\n[services.s.pools.a]\nbackends = [\"127.0.0.1:2\"]\n[services.s.pools.b]\nbackends = [\"127.0.0.1:3\"]\n";
+        let good = format!("{base}[services.s.rollout]\nfrom = \"a\"\nto = \"b\"\nsteps = [5, 50, 100]\nstep_duration = \"30s\"\nmax_p99 = \"250ms\"\nmax_p99_ratio = 1.5\nstep = 1\nstate = \"paused\"\n");
+        let config = parse(&good, "f.toml").expect("valid");
+        let r = config.services[0].rollout.clone().expect("rollout");
+        assert_eq!(r.steps, vec![5, 50, 100]);
+        assert_eq!(r.share(), 50);
+        assert_eq!(r.state, RolloutState::Paused);
+        assert_eq!(r.max_p99, Some(Duration::from_millis(250)));
+        assert_eq!(r.min_requests, 100);
+        assert!((r.rollback_error_rate - 0.05).abs() < 1e-9);
+
+        let bad = format!("{base}[services.s.rollout]\nfrom = \"a\"\nto = \"c\"\nsteps = [50, 20]\nmax_error_rate = 2\nstate = \"done\"\n");
+        let errs = errors(&bad);
+        for needle in [
+            "services.s.rollout.to: unknown pool; this service has `a`, `b`",
+            "services.s.rollout.steps[1]: steps must rise",
+            "services.s.rollout.max_error_rate: 2 is out of range",
+            "services.s.rollout.state: unknown state \"done\"",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(needle)),
+                "{needle}: {errs:?}"
+            );
+        }
+        let same = format!("{base}[services.s.rollout]\nfrom = \"a\"\nto = \"a\"\n");
+        assert!(errors(&same)
+            .iter()
+            .any(|e| e.contains("rollout.to: the canary must be another pool")));
+        let secret = base.replace("split =", "override_secret = \"x\"\nsplit =");
+        assert!(errors(&secret).iter().any(|e| e.contains(
+            "services.s.override_secret: a secret needs `override_header` or `override_cookie`"
+        )));
     }
 }

@@ -324,6 +324,7 @@ type BackendKey = (String, String, SocketAddr);
 pub struct HealthRegistry {
     backends: Mutex<HashMap<BackendKey, Arc<BackendHealth>>>,
     services: Mutex<HashMap<String, Arc<ServiceHealth>>>,
+    stats: Mutex<HashMap<(String, String), Arc<crate::PoolStats>>>,
 }
 
 impl HealthRegistry {
@@ -335,6 +336,18 @@ impl HealthRegistry {
         };
         map.entry((service.to_string(), pool.to_string(), addr))
             .or_insert_with(|| Arc::new(BackendHealth::new(service, pool, addr)))
+            .clone()
+    }
+
+    /// The request outcomes of `pool` of `service`, new or carried over
+    /// (what a rollout judge reads; metrics handles cannot be read back).
+    pub fn pool_stats(&self, service: &str, pool: &str) -> Arc<crate::PoolStats> {
+        let mut map = match self.stats.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry((service.to_string(), pool.to_string()))
+            .or_default()
             .clone()
     }
 
@@ -360,6 +373,9 @@ impl HealthRegistry {
             map.retain(|_, h| Arc::strong_count(h) > 1);
         }
         if let Ok(mut map) = self.services.lock() {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        if let Ok(mut map) = self.stats.lock() {
             map.retain(|_, s| Arc::strong_count(s) > 1);
         }
     }

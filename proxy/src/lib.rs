@@ -14,7 +14,9 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod snapshot;
+pub mod stats;
 
 pub use health::{BackendReport, BackendState, HealthChecker, HealthRegistry};
 pub use proxy::{InFlight, Proxy, RequestCtx, SharedSnapshot};
 pub use snapshot::{CaBundles, RouteTarget, Router, Snapshot};
+pub use stats::{PoolStats, StatsSample};

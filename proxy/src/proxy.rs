@@ -119,6 +119,9 @@ impl RequestCtx {
     fn fail_current(&mut self, reason: &dyn std::fmt::Display) -> bool {
         if let Some(current) = self.current {
             self.record_outcome(current, Some(reason));
+            if let Some(p) = self.service().and_then(|s| s.pools.get(current.0 as usize)) {
+                p.stats.record_failed_attempt();
+            }
         }
         self.skip_current()
     }
@@ -197,6 +200,11 @@ fn stable_hash(bytes: &[u8]) -> u32 {
 
 /// The bucket in cookie `name` (8 hex digits), if the client sent one.
 fn cookie_bucket(headers: &http::HeaderMap, name: &str) -> Option<u32> {
+    u32::from_str_radix(cookie_value(headers, name)?, 16).ok()
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie_value<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -204,8 +212,36 @@ fn cookie_bucket(headers: &http::HeaderMap, name: &str) -> Option<u32> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then(|| u32::from_str_radix(v.trim(), 16).ok())?
+            (k == name).then(|| v.trim())
         })
+}
+
+/// The pool a tester's override header or cookie forces, if any: the
+/// pool's name, or `POOL:SECRET` when the service sets a secret (a wrong
+/// or missing secret is ignored, and the request is assigned as usual).
+fn override_pool(s: &ServiceRt, headers: &http::HeaderMap) -> Option<u16> {
+    let raw = s
+        .override_header
+        .as_ref()
+        .and_then(|h| headers.get(h)?.to_str().ok())
+        .or_else(|| cookie_value(headers, s.override_cookie.as_deref()?))?
+        .trim();
+    let name = match &s.override_secret {
+        None => raw,
+        Some(secret) => {
+            let (name, given) = raw.split_once(':')?;
+            if !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+                return None;
+            }
+            name
+        }
+    };
+    s.pool_named(name)
+}
+
+/// Compares secrets without saying through timing where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `https://host[:port]/path?query` for a plain HTTP request.
@@ -283,10 +319,11 @@ impl ProxyHttp for Proxy {
         let Some(s) = ctx.snapshot.services.get(target.service as usize) else {
             return Ok(false);
         };
-        let forced = s.override_header.as_ref().and_then(|h| {
-            let name = req.headers.get(h)?.to_str().ok()?;
-            s.pool_named(name.trim())
-        });
+        let forced = if s.override_header.is_some() || s.override_cookie.is_some() {
+            override_pool(s, &req.headers)
+        } else {
+            None
+        };
         ctx.pool = match (forced, &s.sticky) {
             (Some(pool), _) => pool,
             (None, None) => s.pick_pool(),
@@ -404,6 +441,12 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A secret that steers traffic is not handed to the backends.
+        if let Some(s) = ctx.service().filter(|s| s.override_secret.is_some()) {
+            if let Some(h) = &s.override_header {
+                upstream_request.remove_header(h);
+            }
+        }
         let upgrade = is_upgrade_request(&upstream_request.headers);
         for name in hop_by_hop_names(&upstream_request.headers, upgrade) {
             upstream_request.remove_header(&name);
@@ -479,8 +522,13 @@ impl ProxyHttp for Proxy {
         let pool = ctx.last.map_or(ctx.pool, |(p, _)| p);
         if let Some(p) = service.pools.get(pool as usize) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            p.metrics
-                .record(status, ctx.started.elapsed().as_secs_f64());
+            let took = ctx.started.elapsed();
+            p.metrics.record(status, took.as_secs_f64());
+            // An attempt that ended in a backend's answer (failed attempts
+            // were counted as they failed).
+            if ctx.current.is_some() {
+                p.stats.record_answer(status >= 500, took);
+            }
         }
     }
 

@@ -99,6 +99,7 @@ impl Snapshot {
                             .collect(),
                         health_check: p.health.clone(),
                         metrics: PoolMetrics::new(&s.name, &p.name),
+                        stats: health.pool_stats(&s.name, &p.name),
                         tls: p.tls.as_ref().map(|t| PoolTls {
                             sni: t.sni.clone(),
                             verify: t.verify,
@@ -137,6 +138,9 @@ impl Snapshot {
                         .override_header
                         .as_deref()
                         .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+                    override_cookie: s.override_cookie.clone(),
+                    override_secret: s.override_secret.clone(),
+                    rollout: s.rollout.clone(),
                 }
             })
             .collect();
@@ -253,6 +257,12 @@ pub struct ServiceRt {
     pub sticky: Option<Sticky>,
     /// Header that forces a pool by name.
     pub override_header: Option<http::HeaderName>,
+    /// Cookie that forces a pool by name.
+    pub override_cookie: Option<String>,
+    /// When set, overrides must read `POOL:SECRET`.
+    pub override_secret: Option<String>,
+    /// The automated rollout, if configured.
+    pub rollout: Option<switchyard_config::Rollout>,
 }
 
 impl ServiceRt {
@@ -399,6 +409,8 @@ pub struct PoolRt {
     pub health_check: Option<HealthCheck>,
     /// Metric handles.
     pub metrics: PoolMetrics,
+    /// Outcomes a rollout judge reads (kept across reloads).
+    pub stats: Arc<crate::PoolStats>,
     next: AtomicUsize,
 }
 

@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use crate::harness::{tally, Client, Proxy, ProxyOptions, Upstream};
 
-const WRITE_TOKEN: &str = "deploy-bot-secret-0123456789";
+pub(crate) const WRITE_TOKEN: &str = "deploy-bot-secret-0123456789";
 const READ_TOKEN: &str = "viewer-secret-abcdefghijklmnop";
 
 /// One admin request; returns the status and the JSON body.
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -56,7 +56,7 @@ async fn call(
 }
 
 /// A blue/green service with the admin API, two tokens and an audit log.
-async fn admin_proxy(blue: SocketAddr, green: SocketAddr, extra: &str) -> Proxy {
+pub(crate) async fn admin_proxy(blue: SocketAddr, green: SocketAddr, extra: &str) -> Proxy {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("deploy.token"), format!("{WRITE_TOKEN}\n")).expect("token");
     std::fs::write(dir.path().join("viewer.token"), READ_TOKEN).expect("token");
@@ -99,7 +99,7 @@ backends = ["{green}"]
     .await
 }
 
-fn audit_lines(proxy: &Proxy) -> Vec<Value> {
+pub(crate) fn audit_lines(proxy: &Proxy) -> Vec<Value> {
     std::fs::read_to_string(proxy.dir().join("audit.jsonl"))
         .unwrap_or_default()
         .lines()

@@ -86,6 +86,17 @@ pub struct Upstream {
     connections: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    faults: Arc<Faults>,
+}
+
+/// Errors and latency an [`Upstream`] adds to its answers.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Of every 100 answers, this many are 500s.
+    error_percent: AtomicUsize,
+    /// Every answer waits this long first.
+    delay_ms: AtomicUsize,
+    answered: AtomicUsize,
 }
 
 impl Upstream {
@@ -102,6 +113,17 @@ impl Upstream {
     /// How `/healthz` answers from now on.
     pub fn set_health(&self, mode: HealthMode) {
         self.health.store(mode as usize, Ordering::SeqCst);
+    }
+
+    /// From now on, `error_percent` of every 100 answers are 500s and
+    /// every answer waits `delay` first.
+    pub fn set_faults(&self, error_percent: usize, delay: Duration) {
+        self.faults
+            .error_percent
+            .store(error_percent, Ordering::SeqCst);
+        self.faults
+            .delay_ms
+            .store(delay.as_millis() as usize, Ordering::SeqCst);
     }
 
     /// Starts an HTTPS upstream serving `tls`.
@@ -129,14 +151,16 @@ impl Upstream {
             connections: Default::default(),
             seen: Default::default(),
             tasks: Default::default(),
+            faults: Default::default(),
         };
-        let (name, hits, connections, seen, tasks, health) = (
+        let (name, hits, connections, seen, tasks, health, faults) = (
             up.name.clone(),
             up.hits.clone(),
             up.connections.clone(),
             up.seen.clone(),
             up.tasks.clone(),
             up.health.clone(),
+            up.faults.clone(),
         );
         let accept = tokio::spawn(async move {
             loop {
@@ -144,15 +168,27 @@ impl Upstream {
                     continue;
                 };
                 connections.fetch_add(1, Ordering::SeqCst);
-                let (name, hits, seen, health) =
-                    (name.clone(), hits.clone(), seen.clone(), health.clone());
+                let (name, hits, seen, health, faults) = (
+                    name.clone(),
+                    hits.clone(),
+                    seen.clone(),
+                    health.clone(),
+                    faults.clone(),
+                );
                 let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (name, hits, seen, health) =
-                            (name.clone(), hits.clone(), seen.clone(), health.clone());
+                        let (name, hits, seen, health, faults) = (
+                            name.clone(),
+                            hits.clone(),
+                            seen.clone(),
+                            health.clone(),
+                            faults.clone(),
+                        );
                         async move {
-                            Ok::<_, Infallible>(answer(req, &name, &hits, &seen, &health).await)
+                            Ok::<_, Infallible>(
+                                answer(req, &name, &hits, &seen, &health, &faults).await,
+                            )
                         }
                     });
                     let http = hyper::server::conn::http1::Builder::new();
@@ -238,6 +274,7 @@ async fn answer(
     hits: &AtomicUsize,
     seen: &Mutex<Vec<Seen>>,
     health: &AtomicUsize,
+    faults: &Faults,
 ) -> Response<Full<Bytes>> {
     let target = req
         .uri()
@@ -268,6 +305,18 @@ async fn answer(
     // Drain the request body before answering.
     let _ = req.into_body().collect().await;
     hits.fetch_add(1, Ordering::SeqCst);
+    let delay = faults.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+    // Failures spread evenly: with 10%, every tenth answer.
+    let nth = faults.answered.fetch_add(1, Ordering::SeqCst);
+    let percent = faults.error_percent.load(Ordering::SeqCst);
+    if percent > 0 && (nth * percent) % 100 < percent {
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{name} failed\n"))));
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return resp;
+    }
     let mut resp = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
     let h = resp.headers_mut();
     h.insert("x-upstream", HeaderValue::from_str(name).expect("name"));
@@ -572,6 +621,11 @@ impl Client {
             req = req.header("host", host);
         }
         let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        self.send(req).await
+    }
+
+    /// Sends `req` and reads the whole answer.
+    pub async fn send(&self, req: Request<Empty<Bytes>>) -> Result<Reply, String> {
         let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req))
             .await
             .map_err(|_| "timed out".to_string())?

@@ -11,6 +11,7 @@ mod failover;
 mod headers;
 mod health;
 mod reload;
+mod rollout;
 mod routing;
 mod shutdown;
 mod split;
