@@ -21,7 +21,9 @@ use switchyard_admin::{AdminApi, AuditLog, Token};
 
 use crate::rollout::{RolloutService, Rollouts};
 use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
+use switchyard_config::AccessLogTarget;
 use switchyard_config::{Config, TokenSource};
+use switchyard_proxy::access::AccessLog;
 use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
 
 use crate::assets::{log_cert, Assets};
@@ -123,9 +125,23 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         "config loaded"
     );
 
+    let access_log = match &config.server.access_log {
+        None => None,
+        Some(AccessLogTarget::Stdout) => Some(Arc::new(AccessLog::stdout())),
+        Some(AccessLogTarget::File(path)) => {
+            Some(Arc::new(AccessLog::file(path).with_context(|| {
+                format!("cannot open the access log {}", path.display())
+            })?))
+        }
+    };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy::new(snapshot.clone(), in_flight.clone(), challenges.clone()),
+        Proxy::new(
+            snapshot.clone(),
+            in_flight.clone(),
+            challenges.clone(),
+            access_log,
+        ),
         "switchyard proxy",
     );
     if let Some(http) = config.listen.http {

@@ -32,6 +32,8 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// Admin API settings.
     pub admin: Admin,
+    /// Request limits and the proxies whose forwarding headers are believed.
+    pub http: HttpSettings,
     /// Routes in file order.
     pub routes: Vec<Route>,
     /// Services sorted by name.
@@ -173,6 +175,95 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// Worker threads for the proxy; `None` means one per CPU.
     pub threads: Option<usize>,
+    /// Where access log lines go; `None` for no access log.
+    pub access_log: Option<AccessLogTarget>,
+}
+
+/// Where the access log is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// Limits on what a client may send, and which clients are proxies whose
+/// `X-Forwarded-For` and `Forwarded` headers are believed (`[http]`;
+/// applied on reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Largest request head (request line and headers), in bytes: 431 over it.
+    pub max_header_bytes: usize,
+    /// Most request headers: 431 over it.
+    pub max_headers: usize,
+    /// Longest request target, in bytes: 414 over it.
+    pub max_uri_bytes: usize,
+    /// Largest request body, in bytes: 413 over it.
+    pub max_body_bytes: u64,
+    /// Clients whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// An IP network such as `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/BITS`, or a lone address (all bits).
+    pub fn parse(raw: &str) -> Option<Cidr> {
+        let (addr, prefix) = match raw.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (raw.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Which request hosts a route applies to.
@@ -215,6 +306,11 @@ pub struct Service {
     /// How long one connection attempt to a backend may take before the
     /// next backend is tried.
     pub connect_timeout: Duration,
+    /// How long a backend may stay silent while a response is awaited or
+    /// read: 504 when it passes before the response began.
+    pub read_timeout: Duration,
+    /// How long writing the request to a backend may stall.
+    pub write_timeout: Duration,
     /// Passive ejection of failing backends; `None` when disabled.
     pub outlier: Option<Outlier>,
     /// Window over which a backend back in rotation ramps up to its full
@@ -477,6 +573,9 @@ impl Config {
                 show(self.listen.https),
                 show(next.listen.https)
             ));
+        }
+        if self.server.access_log != next.server.access_log {
+            changes.push("server.access_log changed".to_string());
         }
         if self.server.threads != next.server.threads {
             changes.push("server.threads changed".to_string());

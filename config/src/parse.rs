@@ -13,13 +13,16 @@ use std::time::Duration;
 use toml_edit::{Document, Item, TableLike, Value};
 
 use crate::{
-    Acme, Admin, AdminToken, CertificateFiles, CheckKind, Config, Diagnostic, Diagnostics,
-    HealthCheck, HostMatch, Hsts, HttpCheck, Listen, Outlier, Pool, Role, Rollout, RolloutState,
-    Route, ServerSettings, Service, Sticky, Tls, TokenSource, UpstreamTls,
+    AccessLogTarget, Acme, Admin, AdminToken, CertificateFiles, CheckKind, Cidr, Config,
+    Diagnostic, Diagnostics, HealthCheck, HostMatch, Hsts, HttpCheck, HttpSettings, Listen,
+    Outlier, Pool, Role, Rollout, RolloutState, Route, ServerSettings, Service, Sticky, Tls,
+    TokenSource, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Default for `services.<name>.read_timeout` and `write_timeout`.
+const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for `services.<name>.connect_timeout`.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Cookie holding a client's bucket when `sticky = true`.
@@ -42,7 +45,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
         root,
         "",
         &[
-            "listen", "server", "tls", "acme", "admin", "routes", "services",
+            "listen", "server", "tls", "acme", "admin", "http", "routes", "services",
         ],
     );
     let listen = w.listen(root);
@@ -55,17 +58,21 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
         listen.as_ref(),
         acme.as_ref().is_some_and(|a| a.is_some()),
     );
+    let http = w.http(root);
     let services = w.services(root);
     let routes = w.routes(root, &services, has_https);
     w.diags.sort_by_key(|d| (d.line, d.column));
-    match (listen, server, tls, acme, admin) {
-        (Some(listen), Some(server), Some(tls), Some(acme), Some(admin)) if w.diags.is_empty() => {
+    match (listen, server, tls, acme, admin, http) {
+        (Some(listen), Some(server), Some(tls), Some(acme), Some(admin), Some(http))
+            if w.diags.is_empty() =>
+        {
             Ok(Config {
                 listen,
                 server,
                 tls,
                 acme,
                 admin,
+                http,
                 routes,
                 services: services.into_values().collect(),
             })
@@ -748,12 +755,23 @@ impl<'a> Walk<'a> {
         let mut settings = ServerSettings {
             grace_period: DEFAULT_GRACE_PERIOD,
             threads: None,
+            access_log: None,
         };
         let Some(item) = root.get("server") else {
             return Some(settings);
         };
         let table = self.table(item, None, "server")?;
-        self.known_keys(table, "server", &["grace_period", "threads"]);
+        self.known_keys(table, "server", &["grace_period", "threads", "access_log"]);
+        if let Some(v) = table.get("access_log") {
+            settings.access_log = match v.as_str() {
+                Some("stdout") => Some(AccessLogTarget::Stdout),
+                Some("off") => None,
+                _ => match self.file_path(v, "server.access_log") {
+                    Some(p) => Some(AccessLogTarget::File(p)),
+                    None => return None,
+                },
+            };
+        }
         let mut ok = true;
         if let Some(v) = table.get("grace_period") {
             match self.duration(v, "server.grace_period") {
@@ -765,6 +783,76 @@ impl<'a> Walk<'a> {
             match self.integer(v, "server.threads", 1..1025) {
                 Some(n) => settings.threads = usize::try_from(n).ok(),
                 None => ok = false,
+            }
+        }
+        ok.then_some(settings)
+    }
+
+    /// `[http]`: request limits and trusted proxies.
+    fn http(&mut self, root: &dyn TableLike) -> Option<HttpSettings> {
+        let mut settings = HttpSettings::default();
+        let Some(item) = root.get("http") else {
+            return Some(settings);
+        };
+        let table = self.table(item, None, "http")?;
+        self.known_keys(
+            table,
+            "http",
+            &[
+                "max_header_bytes",
+                "max_headers",
+                "max_uri_bytes",
+                "max_body_bytes",
+                "trusted_proxies",
+            ],
+        );
+        let mut ok = true;
+        let mut size = |w: &mut Self, key: &str, range: Range<i64>| -> Option<usize> {
+            let v = table.get(key)?;
+            let n = w.integer(v, &join("http", key), range);
+            ok &= n.is_some();
+            usize::try_from(n?).ok()
+        };
+        if let Some(n) = size(self, "max_header_bytes", 1024..1024 * 1024 + 1) {
+            settings.max_header_bytes = n;
+        }
+        if let Some(n) = size(self, "max_headers", 1..10_001) {
+            settings.max_headers = n;
+        }
+        if let Some(n) = size(self, "max_uri_bytes", 64..1024 * 1024 + 1) {
+            settings.max_uri_bytes = n;
+        }
+        if let Some(n) = size(self, "max_body_bytes", 0..i64::MAX) {
+            settings.max_body_bytes = n as u64;
+        }
+        if let Some(v) = table.get("trusted_proxies") {
+            let key = "http.trusted_proxies";
+            match v.as_array() {
+                None => {
+                    self.error(
+                        v.span(),
+                        key,
+                        "expected a list of networks, like [\"10.0.0.0/8\", \"::1\"]",
+                    );
+                    ok = false;
+                }
+                Some(list) => {
+                    for (i, entry) in list.iter().enumerate() {
+                        match entry.as_str().and_then(Cidr::parse) {
+                            Some(c) => settings.trusted_proxies.push(c),
+                            None => {
+                                self.error(
+                                    entry.span(),
+                                    &format!("{key}[{i}]"),
+                                    format!(
+                                        "{entry} is not an address or network like \"10.0.0.0/8\""
+                                    ),
+                                );
+                                ok = false;
+                            }
+                        }
+                    }
+                }
             }
         }
         ok.then_some(settings)
@@ -803,6 +891,8 @@ impl<'a> Walk<'a> {
                 "split",
                 "pools",
                 "connect_timeout",
+                "read_timeout",
+                "write_timeout",
                 "health",
                 "outlier",
                 "slow_start",
@@ -891,6 +981,23 @@ impl<'a> Walk<'a> {
             }
         }
 
+        let io_timeout = |w: &mut Self, key: &str| -> Option<Duration> {
+            let Some(v) = table.get(key) else {
+                return Some(DEFAULT_IO_TIMEOUT);
+            };
+            let k = join(path, key);
+            match w.duration(v, &k) {
+                Some(d) if d > Duration::ZERO => Some(d),
+                Some(_) => {
+                    w.error(v.span(), &k, "must be more than zero");
+                    None
+                }
+                None => None,
+            }
+        };
+        let read_timeout = io_timeout(self, "read_timeout");
+        let write_timeout = io_timeout(self, "write_timeout");
+
         let pools_path = join(path, "pools");
         let mut pools: BTreeMap<String, (Pool, Option<Range<usize>>)> = BTreeMap::new();
         let mut pools_ok = true;
@@ -955,6 +1062,8 @@ impl<'a> Walk<'a> {
                 })
                 .collect(),
             connect_timeout: connect_timeout?,
+            read_timeout: read_timeout?,
+            write_timeout: write_timeout?,
             outlier,
             slow_start,
             sticky: sticky?,

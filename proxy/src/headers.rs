@@ -66,8 +66,40 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The value of `X-Forwarded-For` to send upstream: what the client sent
-/// (every such header, in order) with `client` appended.
+/// The client a request is from: the peer, or, when the peer is a trusted
+/// proxy, the nearest address in `X-Forwarded-For` (right to left) that is
+/// not itself a trusted proxy.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    trusted: &[switchyard_config::Cidr],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            // Garbage in the chain: stop believing it here.
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// The value of `X-Forwarded-For` to send upstream from a trusted proxy:
+/// what it sent (every such header, in order) with `client` appended.
 pub fn forwarded_for(headers: &HeaderMap, client: &str) -> String {
     let mut value = String::with_capacity(client.len() + 16);
     for prior in headers.get_all("x-forwarded-for") {

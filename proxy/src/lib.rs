@@ -9,6 +9,8 @@
 //!
 //! Start reading at [`proxy`] (the request phases), then [`snapshot`].
 
+pub mod access;
+pub mod guard;
 pub mod headers;
 pub mod health;
 pub mod metrics;

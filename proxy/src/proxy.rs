@@ -40,6 +40,7 @@ pub struct Proxy {
     in_flight: InFlight,
     challenges: Arc<ChallengeStore>,
     unrouted: metrics::Counter,
+    access_log: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl Proxy {
@@ -50,11 +51,13 @@ impl Proxy {
         snapshot: SharedSnapshot,
         in_flight: InFlight,
         challenges: Arc<ChallengeStore>,
+        access_log: Option<Arc<crate::access::AccessLog>>,
     ) -> Self {
         Proxy {
             snapshot,
             in_flight,
             challenges,
+            access_log,
             unrouted: metrics::counter!(crate::metrics::UNROUTED),
         }
     }
@@ -105,6 +108,14 @@ pub struct RequestCtx {
     started: std::time::Instant,
     /// A sticky bucket made for this client, to hand back in a cookie.
     new_bucket: Option<u32>,
+    /// Request body bytes read so far.
+    body_bytes: u64,
+    /// The request's id: the client's `X-Request-Id`, or one made here.
+    request_id: Option<HeaderValue>,
+    /// When the latest upstream attempt started, and how long until its
+    /// response header came.
+    upstream_started: Option<std::time::Instant>,
+    upstream_took: Option<std::time::Duration>,
     _in_flight: InFlightGuard,
 }
 
@@ -268,6 +279,10 @@ impl ProxyHttp for Proxy {
             tried: Vec::new(),
             started: std::time::Instant::now(),
             new_bucket: None,
+            body_bytes: 0,
+            request_id: None,
+            upstream_started: None,
+            upstream_took: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -275,6 +290,20 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
+        if let Err(refused) = crate::guard::check(
+            req.version,
+            req.uri.authority().is_some(),
+            req.raw_path().len(),
+            &req.headers,
+            &ctx.snapshot.http,
+        ) {
+            // Nothing after a refused head is read as a request.
+            session.set_keepalive(None);
+            respond_text(session, refused.status, refused.body, None).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
+        ctx.request_id = Some(request_id(&req.headers));
         let path = req.uri.path();
         if ctx.snapshot.acme && !ctx.tls {
             if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
@@ -369,13 +398,16 @@ impl ProxyHttp for Proxy {
             ));
         };
         let pool_rt = &service.pools[pool as usize];
-        let peer = pool_rt.peer(
+        let mut peer = pool_rt.peer(
             pool_rt.backends[backend as usize].addr,
             service.connect_timeout,
         );
+        peer.options.read_timeout = Some(service.read_timeout);
+        peer.options.write_timeout = Some(service.write_timeout);
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
         ctx.last = Some((pool, backend));
+        ctx.upstream_started = Some(std::time::Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -454,9 +486,21 @@ impl ProxyHttp for Proxy {
         if upgrade {
             upstream_request.insert_header("connection", "upgrade")?;
         }
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let xff = forwarded_for(&upstream_request.headers, &client.ip().to_string());
-            upstream_request.insert_header("x-forwarded-for", xff)?;
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            let peer = peer.ip();
+            let trusted = &ctx.snapshot.http.trusted_proxies;
+            if trusted.iter().any(|c| c.contains(peer)) {
+                let xff = forwarded_for(&upstream_request.headers, &peer.to_string());
+                upstream_request.insert_header("x-forwarded-for", xff)?;
+            } else {
+                // What an untrusted client says about addresses is not passed on.
+                upstream_request.insert_header("x-forwarded-for", peer.to_string())?;
+                upstream_request.remove_header("forwarded");
+                upstream_request.remove_header("x-real-ip");
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header("x-request-id", id.clone())?;
         }
         upstream_request.insert_header(
             "x-forwarded-proto",
@@ -479,6 +523,10 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_took = ctx.upstream_started.map(|t| t.elapsed());
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header("x-request-id", id.clone())?;
+        }
         if let Some(last) = ctx.last {
             let status = upstream_response.status.as_u16();
             let counts_5xx = ctx
@@ -515,7 +563,29 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > ctx.snapshot.http.max_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over http.max_body_bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(log) = &self.access_log {
+            log.log(access_line(session, ctx));
+        }
         let Some(service) = ctx.service() else {
             return;
         };
@@ -562,6 +632,8 @@ impl ProxyHttp for Proxy {
                     "504 Gateway Timeout: the backend of service {:?} did not answer in time\n",
                     ctx.service_name()
                 ),
+                413 => "413 Content Too Large\n".to_string(),
+                400 => "400 Bad Request\n".to_string(),
                 _ => String::new(),
             };
             if let Err(write_err) = session
@@ -576,6 +648,92 @@ impl ProxyHttp for Proxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// The client's `X-Request-Id` when it is a sane token (1 to 128 visible
+/// ASCII characters), else a new random one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get("x-request-id") {
+        let b = id.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return id.clone();
+        }
+    }
+    use rand::RngExt;
+    let n: u128 = rand::rng().random();
+    let mut buf = [0u8; 32];
+    let hex = b"0123456789abcdef";
+    for (i, slot) in buf.iter_mut().enumerate() {
+        *slot = hex[((n >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// One access log line: a JSON object.
+fn access_line(session: &Session, ctx: &RequestCtx) -> String {
+    use crate::access::json_escape;
+    use std::fmt::Write as _;
+    let req = session.req_header();
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let client = peer
+        .map(|p| crate::headers::client_ip(p, &req.headers, &ctx.snapshot.http.trusted_proxies));
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let mut line = String::with_capacity(384);
+    let _ = write!(
+        line,
+        "{{\"time\":\"{}\",\"client\":\"{}\",\"method\":\"",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+        client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+    );
+    json_escape(&mut line, req.method.as_str());
+    line.push_str("\",\"host\":\"");
+    json_escape(&mut line, &request_host(&req.uri, &req.headers));
+    line.push_str("\",\"path\":\"");
+    json_escape(&mut line, &String::from_utf8_lossy(req.raw_path()));
+    let _ = write!(
+        line,
+        "\",\"status\":{status},\"bytes\":{},\"duration_ms\":{:.3},\"tls\":{}",
+        session.body_bytes_sent(),
+        ctx.started.elapsed().as_secs_f64() * 1000.0,
+        ctx.tls
+    );
+    let service = ctx.service();
+    let pool = ctx
+        .last
+        .and_then(|(p, b)| Some((service?.pools.get(p as usize)?, b)));
+    line.push_str(",\"service\":");
+    match service {
+        Some(s) => {
+            line.push('"');
+            json_escape(&mut line, &s.name);
+            line.push('"');
+        }
+        None => line.push_str("null"),
+    }
+    match pool {
+        Some((p, b)) => {
+            line.push_str(",\"pool\":\"");
+            json_escape(&mut line, &p.name);
+            let backend = p.backends.get(b as usize).map(|b| b.addr.to_string());
+            let _ = write!(line, "\",\"backend\":\"{}\"", backend.unwrap_or_default());
+        }
+        None => line.push_str(",\"pool\":null,\"backend\":null"),
+    }
+    match ctx.upstream_took {
+        Some(t) => {
+            let _ = write!(line, ",\"upstream_ms\":{:.3}", t.as_secs_f64() * 1000.0);
+        }
+        None => line.push_str(",\"upstream_ms\":null"),
+    }
+    line.push_str(",\"request_id\":\"");
+    if let Some(id) = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+        json_escape(&mut line, id);
+    }
+    line.push_str("\"}");
+    line
 }
 
 /// The status a failed request is answered with (0: the client is gone).

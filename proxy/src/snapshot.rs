@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub hsts: Option<HeaderValue>,
     /// Whether ACME HTTP-01 challenges are answered by the proxy itself.
     pub acme: bool,
+    /// Request limits and trusted proxies.
+    pub http: switchyard_config::HttpSettings,
 }
 
 impl Snapshot {
@@ -126,6 +128,8 @@ impl Snapshot {
                     pools,
                     fallback: by_share.into_boxed_slice(),
                     connect_timeout: s.connect_timeout,
+                    read_timeout: s.read_timeout,
+                    write_timeout: s.write_timeout,
                     outlier: s.outlier.clone(),
                     slow_start: s.slow_start,
                     health: health.service(&s.name),
@@ -150,6 +154,7 @@ impl Snapshot {
             services,
             https_port: config.listen.https.map(|a| a.port()),
             acme: config.acme.is_some(),
+            http: config.http.clone(),
             hsts: config
                 .tls
                 .hsts
@@ -245,6 +250,10 @@ pub struct ServiceRt {
     pub fallback: Box<[u16]>,
     /// Budget for one connection attempt.
     pub connect_timeout: Duration,
+    /// Longest silence from a backend while its response is awaited or read.
+    pub read_timeout: Duration,
+    /// Longest stall writing a request to a backend.
+    pub write_timeout: Duration,
     /// Passive ejection settings, if enabled.
     pub outlier: Option<Outlier>,
     /// Ramp-up window for backends back in rotation.

@@ -8,6 +8,7 @@ mod acme;
 mod admin;
 mod check;
 mod failover;
+mod hardening;
 mod headers;
 mod health;
 mod reload;

@@ -1,0 +1,323 @@
+//! Hostile and broken requests, with raw sockets: smuggling shapes, bad
+//! hosts, limits, spoofed forwarding headers, hanging backends, and the
+//! access log.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Client, Proxy, ProxyOptions, Upstream};
+
+/// Sends `raw`, reads until the proxy closes (or 5 s pass); returns what
+/// came back and whether the connection was closed.
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (String, bool) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(raw).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// Status lines in what came back.
+fn answers(reply: &str) -> usize {
+    reply.lines().filter(|l| l.starts_with("HTTP/1.1 ")).count()
+}
+
+fn body(upstream: std::net::SocketAddr, http: &str) -> String {
+    format!(
+        "{http}\n[[routes]]\nservice = \"app\"\n\n[services.app]\nread_timeout = \"1s\"\n\n\
+         [services.app.pools.main]\nbackends = [\"{upstream}\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_are_refused_and_the_connection_closed() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    // Both Content-Length and Transfer-Encoding: the length is dropped, the
+    // chunked body is forwarded alone, and the connection closes after the
+    // answer, so bytes after the body are never read as a request.
+    for raw in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let (reply, closed) = exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(closed, "closed after the answer: {reply:?}");
+        assert_eq!(answers(&reply), 1, "one answer: {reply:?}");
+    }
+    for seen in up.seen() {
+        assert_ne!(seen.target, "/smuggled", "the smuggled request never ran");
+        assert!(
+            !seen.headers.contains_key("content-length"),
+            "never both framings upstream"
+        );
+    }
+    let before = up.hits();
+    let cases: [(&str, &str); 11] = [
+        (
+            "chunked twice",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "final coding not chunked",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "two different CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "repeated CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "signed CL",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+        ),
+        (
+            "TE on HTTP/1.0",
+            "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello",
+        ),
+        (
+            "obs-fold",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        ),
+        (
+            "NUL in a value",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\0b\r\n\r\n",
+        ),
+        (
+            "no Host on HTTP/1.1",
+            "GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n",
+        ),
+        ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ];
+    for (name, raw) in cases {
+        let (reply, closed) = exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400"),
+            "{name}: expected 400, got {reply:?}"
+        );
+        assert!(closed, "{name}: the connection must close");
+        assert_eq!(answers(&reply), 1, "{name}: one answer only");
+    }
+    let (reply, closed) = exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n").await;
+    assert!(
+        reply.starts_with("HTTP/1.1 400") && closed,
+        "invalid Host: {reply:?}"
+    );
+    assert_eq!(up.hits(), before, "no refused request reached the upstream");
+
+    // A well-formed chunked request still goes through.
+    let (reply, _) = exchange(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_gets_400_and_a_closed_connection() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "{reply:?}");
+    assert!(
+        !reply.contains("200 OK"),
+        "neither the body nor what follows is served: {reply:?}"
+    );
+    assert!(
+        up.seen().iter().all(|s| s.target != "/next"),
+        "bytes after a framing error are never a request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_targets_and_bodies_get_431_414_and_413() {
+    let up = Upstream::start("app").await;
+    let limits = "[http]\nmax_header_bytes = 4096\nmax_headers = 20\nmax_uri_bytes = 256\nmax_body_bytes = 1000\n";
+    let proxy = Proxy::start(&body(up.addr, limits)).await;
+    let big = "x".repeat(5000);
+    let (reply, closed) = exchange(
+        proxy.addr,
+        format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 431") && closed, "{reply:?}");
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (reply, _) = exchange(
+        proxy.addr,
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:?}");
+    let long = "a".repeat(300);
+    let (reply, _) = exchange(
+        proxy.addr,
+        format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply:?}");
+    let (reply, _) = exchange(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply:?}");
+    assert_eq!(up.hits(), 0);
+    // A chunked body that grows past the limit is cut off with 413 too.
+    let chunk = "y".repeat(600);
+    let (reply, closed) = exchange(
+        proxy.addr,
+        format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413") && closed, "{reply:?}");
+    // Within the limits: served.
+    let (reply, _) = exchange(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_gets_504_after_the_read_timeout_and_a_slow_one_succeeds() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    let client = Client::new();
+    let started = std::time::Instant::now();
+    let reply = client
+        .get(&proxy.url("/slow?ms=3000"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2900),
+        "cut at the 1 s read timeout, took {took:?}"
+    );
+    let reply = client
+        .get(&proxy.url("/slow?ms=300"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let up = Upstream::start("app").await;
+    let spoof = "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nConnection: close\r\n\r\n";
+
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    let (reply, _) = exchange(proxy.addr, spoof.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let seen = up.seen().pop().expect("request");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "not believed");
+    assert!(!seen.headers.contains_key("forwarded"));
+    assert!(!seen.headers.contains_key("x-real-ip"));
+    drop(proxy);
+
+    let trusted = "[http]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\n";
+    let proxy = Proxy::start_with(
+        &body(up.addr, trusted),
+        ProxyOptions {
+            server: "grace_period = \"5s\"\naccess_log = \"access.log\"\n".into(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let (reply, _) = exchange(proxy.addr, spoof.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let seen = up.seen().pop().expect("request");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1",
+        "a trusted proxy's chain is kept and extended"
+    );
+    // The access log names the real client: the address the trusted proxy gave.
+    let log = proxy.dir().join("access.log");
+    crate::harness::eventually(Duration::from_secs(5), "an access log line", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).expect("access log");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("line")).expect("JSON line");
+    assert_eq!(line["client"], "6.6.6.6");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_and_request_ids_pass_upstream() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start_with(
+        &body(up.addr, ""),
+        ProxyOptions {
+            server: "grace_period = \"5s\"\naccess_log = \"access.log\"\n".into(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let client = Client::new();
+    let reply = client
+        .get(&proxy.url("/hello?x=1"), Some("shop.example.com"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200);
+    let id = reply.headers["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(id.len(), 32, "a generated id: {id}");
+    let seen = up.seen().pop().expect("request");
+    assert_eq!(seen.headers["x-request-id"], id.as_str(), "passed upstream");
+
+    let req = hyper::Request::get(proxy.url("/given"))
+        .header("x-request-id", "trace-abc-123")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let reply = client.send(req).await.expect("reply");
+    assert_eq!(reply.headers["x-request-id"], "trace-abc-123", "kept");
+
+    let log = proxy.dir().join("access.log");
+    crate::harness::eventually(Duration::from_secs(5), "two access log lines", || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).expect("access log");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("line")).expect("JSON line");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["host"], "shop.example.com");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/hello?x=1");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 4, "the body \"app\\n\"");
+    assert_eq!(line["service"], "app");
+    assert_eq!(line["pool"], "main");
+    assert_eq!(line["backend"], up.addr.to_string());
+    assert_eq!(line["request_id"], id.as_str());
+    assert!(line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    assert!(line["upstream_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
