@@ -191,7 +191,7 @@ pub enum AccessLogTarget {
 /// Limits on what a client may send, and which clients are proxies whose
 /// `X-Forwarded-For` and `Forwarded` headers are believed (`[http]`;
 /// applied on reload).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSettings {
     /// Largest request head (request line and headers), in bytes: 431 over it.
     pub max_header_bytes: usize,
@@ -203,6 +203,17 @@ pub struct HttpSettings {
     pub max_body_bytes: u64,
     /// Clients whose forwarding headers are believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Requests allowed per client address, if limited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per client address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub requests_per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
 }
 
 impl Default for HttpSettings {
@@ -213,6 +224,7 @@ impl Default for HttpSettings {
             max_uri_bytes: 8 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             trusted_proxies: Vec::new(),
+            rate_limit: None,
         }
     }
 }

@@ -15,8 +15,8 @@ use toml_edit::{Document, Item, TableLike, Value};
 use crate::{
     AccessLogTarget, Acme, Admin, AdminToken, CertificateFiles, CheckKind, Cidr, Config,
     Diagnostic, Diagnostics, HealthCheck, HostMatch, Hsts, HttpCheck, HttpSettings, Listen,
-    Outlier, Pool, Role, Rollout, RolloutState, Route, ServerSettings, Service, Sticky, Tls,
-    TokenSource, UpstreamTls,
+    Outlier, Pool, RateLimit, Role, Rollout, RolloutState, Route, ServerSettings, Service, Sticky,
+    Tls, TokenSource, UpstreamTls,
 };
 
 /// Default for `server.grace_period`.
@@ -804,8 +804,15 @@ impl<'a> Walk<'a> {
                 "max_uri_bytes",
                 "max_body_bytes",
                 "trusted_proxies",
+                "rate_limit",
             ],
         );
+        if let Some(v) = table.get("rate_limit") {
+            match self.rate_limit(v, "http.rate_limit") {
+                Some(r) => settings.rate_limit = Some(r),
+                None => return None,
+            }
+        }
         let mut ok = true;
         let mut size = |w: &mut Self, key: &str, range: Range<i64>| -> Option<usize> {
             let v = table.get(key)?;
@@ -856,6 +863,29 @@ impl<'a> Walk<'a> {
             }
         }
         ok.then_some(settings)
+    }
+
+    /// `{ requests_per_second = N, burst = M }`.
+    fn rate_limit(&mut self, item: &Item, path: &str) -> Option<RateLimit> {
+        let table = self.table(item, None, path)?;
+        self.known_keys(table, path, &["requests_per_second", "burst"]);
+        let Some(rate_item) = table.get("requests_per_second") else {
+            self.error(
+                item.span(),
+                &join(path, "requests_per_second"),
+                "missing key; for example `rate_limit = { requests_per_second = 50, burst = 100 }`",
+            );
+            return None;
+        };
+        let rate = self.float(rate_item, &join(path, "requests_per_second"), 0.001, 1e9);
+        let burst = match table.get("burst") {
+            None => rate.map(|r| r.ceil().max(1.0) as i64),
+            Some(v) => self.integer(v, &join(path, "burst"), 1..1_000_000_001),
+        };
+        Some(RateLimit {
+            requests_per_second: rate?,
+            burst: u32::try_from(burst?).ok()?,
+        })
     }
 
     fn services(&mut self, root: &dyn TableLike) -> BTreeMap<String, Service> {

@@ -261,6 +261,7 @@ mod tests {
             max_uri_bytes: 100,
             max_body_bytes: 1000,
             trusted_proxies: Vec::new(),
+            rate_limit: None,
         };
         let ok = headers(&[("host", "a")]);
         let run = |target: usize, h: &HeaderMap| {

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod stats;
 

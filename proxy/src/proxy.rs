@@ -40,7 +40,9 @@ pub struct Proxy {
     in_flight: InFlight,
     challenges: Arc<ChallengeStore>,
     unrouted: metrics::Counter,
+    rate_limited: metrics::Counter,
     access_log: Option<Arc<crate::access::AccessLog>>,
+    limiter: crate::ratelimit::RateLimiter,
 }
 
 impl Proxy {
@@ -58,7 +60,9 @@ impl Proxy {
             in_flight,
             challenges,
             access_log,
+            limiter: Default::default(),
             unrouted: metrics::counter!(crate::metrics::UNROUTED),
+            rate_limited: metrics::counter!("switchyard_rate_limited_total"),
         }
     }
 }
@@ -198,6 +202,20 @@ async fn respond_text(
     session.write_response_body(Some(body), true).await
 }
 
+/// `429 Too Many Requests` with `Retry-After` in whole seconds (at least 1).
+async fn too_many_requests(session: &mut Session, wait: std::time::Duration) -> Result<()> {
+    let body = Bytes::from_static(b"429 Too Many Requests: slow down\n");
+    let mut resp = ResponseHeader::build(429, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len())?;
+    resp.insert_header(
+        "retry-after",
+        wait.as_secs_f64().ceil().max(1.0).to_string(),
+    )?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 /// FNV-1a: a hash that is the same in every process and version, so a
 /// header-based bucket survives restarts.
 fn stable_hash(bytes: &[u8]) -> u32 {
@@ -323,6 +341,31 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
         }
+        if let Some(limit) = ctx.snapshot.http.rate_limit {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            if let Some(peer) = peer {
+                let client = crate::headers::client_ip(
+                    peer,
+                    &req.headers,
+                    &ctx.snapshot.http.trusted_proxies,
+                );
+                let taken = self.limiter.take(
+                    client,
+                    limit.requests_per_second,
+                    f64::from(limit.burst),
+                    std::time::Instant::now(),
+                );
+                if let Err(wait) = taken {
+                    self.rate_limited.increment(1);
+                    too_many_requests(session, wait).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let req = session.req_header();
         let host = request_host(&req.uri, &req.headers);
         let Some(target) = ctx.snapshot.router.route(&host, path) else {
             self.unrouted.increment(1);

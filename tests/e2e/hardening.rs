@@ -321,3 +321,49 @@ async fn the_access_log_has_one_line_per_request_and_request_ids_pass_upstream()
     assert!(line["upstream_ms"].as_f64().is_some_and(|d| d >= 0.0));
     assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_unaffected() {
+    let up = Upstream::start("app").await;
+    // Clients come through a trusted balancer that names them in X-Forwarded-For.
+    let http = "[http]\ntrusted_proxies = [\"127.0.0.1\"]\nrate_limit = { requests_per_second = 0.5, burst = 5 }\n";
+    let proxy = Proxy::start(&body(up.addr, http)).await;
+    let client = Client::new();
+    let ask = |who: &'static str| {
+        let client = client.clone();
+        let url = proxy.url("/");
+        async move {
+            let req = hyper::Request::get(url)
+                .header("x-forwarded-for", who)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            client.send(req).await.expect("reply")
+        }
+    };
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let reply = ask("198.51.100.7").await;
+        if reply.status == 429 {
+            retry_after = reply.headers.get("retry-after").cloned();
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "burst of 5"
+    );
+    let retry_after: u64 = retry_after
+        .expect("Retry-After")
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(up.hits(), 5, "limited requests never reach the backend");
+    // Another client is unaffected.
+    for _ in 0..5 {
+        assert_eq!(ask("198.51.100.8").await.status, 200);
+    }
+}
