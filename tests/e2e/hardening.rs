@@ -367,3 +367,78 @@ async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_unaffected()
         assert_eq!(ask("198.51.100.8").await.status, 200);
     }
 }
+
+/// Sends a WebSocket frame with `text` and expects it back unchanged.
+async fn echo(tcp: &mut TcpStream, text: &str) {
+    let frame = ws_frame(text);
+    tcp.write_all(&frame).await.expect("send frame");
+    let mut back = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, frame, "echoed through the proxy");
+}
+
+/// A masked WebSocket text frame (client to server) carrying `text`.
+fn ws_frame(text: &str) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_stays_on_its_backend_across_a_reload_and_a_weight_change() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let config = |blue_share: u32| {
+        format!(
+            "[[routes]]\nservice = \"app\"\n\n[services.app]\nsplit = {{ blue = {blue_share}, green = {} }}\n\n\
+             [services.app.pools.blue]\nbackends = [\"{}\"]\n\n[services.app.pools.green]\nbackends = [\"{}\"]\n",
+            100 - blue_share,
+            blue.addr,
+            green.addr
+        )
+    };
+    let proxy = Proxy::start(&config(100)).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    // The 101 head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.expect("101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-upstream: blue"), "{head}");
+
+    echo(&mut tcp, "hello").await;
+
+    // A reload that moves all new traffic to green.
+    proxy.write_in_place(&proxy.config_text(&config(0)));
+    proxy.wait_for_log("generation=2 routes=").await;
+    let reply = Client::new()
+        .get(&proxy.url("/"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(
+        reply.body.trim(),
+        "green",
+        "new requests follow the new split"
+    );
+    echo(&mut tcp, "still here").await;
+    assert!(
+        proxy.logs().contains("generation=2"),
+        "the reload happened while the socket was open"
+    );
+    assert_eq!(blue.hits(), 1, "the socket stayed on blue");
+}

@@ -293,6 +293,35 @@ async fn answer(
         target: target.clone(),
         headers: req.headers().clone(),
     });
+    if req.uri().path() == "/ws" && req.headers().contains_key(hyper::header::UPGRADE) {
+        // An echo over the upgraded connection: every byte comes back.
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4096];
+                loop {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        hits.fetch_add(1, Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert("connection", HeaderValue::from_static("upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-upstream", HeaderValue::from_str(name).expect("name"));
+        return resp;
+    }
     if req.uri().path() == "/slow" {
         let ms = req
             .uri()
