@@ -48,6 +48,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the running instance (zero-
+        /// downtime upgrade): start this, then send the old one SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate config files; print every problem and exit non-zero if any.
     Check {
@@ -79,14 +83,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Ctl(args) => ctl::run(*args),
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             logging::init(cli.log_format);
-            run(config)
+            run(config, upgrade)
         }
         Command::Demo { listen } => {
             logging::init(cli.log_format);
             match demo::prepare(listen) {
-                Ok(config) => run(config),
+                Ok(config) => run(config, false),
                 Err(e) => {
                     eprintln!("switchyard demo: {e:#}");
                     ExitCode::FAILURE
@@ -120,7 +124,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(config_path: PathBuf) -> ExitCode {
+fn run(config_path: PathBuf, upgrade: bool) -> ExitCode {
     let (config, text) = match Config::load_with_text(&config_path) {
         Ok(loaded) => loaded,
         Err(LoadError::Invalid(diags)) => {
@@ -138,7 +142,7 @@ fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(config_path, config, text) {
+    match server::run(config_path, config, text, upgrade) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!("not starting: {e:#}");

@@ -38,13 +38,25 @@ use crate::reload::{ReloadService, Reloader, Serving};
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
 
 /// Runs the proxy until it is told to stop; only returns on a startup error.
-pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result<Infallible> {
+/// With `upgrade`, the listening sockets come from the running instance
+/// (which hands them over on SIGQUIT) instead of being bound here.
+pub fn run(
+    config_path: PathBuf,
+    config: Config,
+    text: String,
+    upgrade: bool,
+) -> anyhow::Result<Infallible> {
     // A port in use would otherwise be retried silently for 30 s.
-    for (key, addr) in [
-        ("http", config.listen.http),
-        ("https", config.listen.https),
-        ("admin", config.listen.admin),
-    ] {
+    let addrs = if upgrade {
+        Vec::new()
+    } else {
+        vec![
+            ("http", config.listen.http),
+            ("https", config.listen.https),
+            ("admin", config.listen.admin),
+        ]
+    };
+    for (key, addr) in addrs {
         if let Some(addr) = addr {
             TcpListener::bind(addr)
                 .with_context(|| format!("listen.{key} {addr} is not available"))?;
@@ -104,7 +116,14 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
             .map(|a| a.to_string().replace([':', '[', ']'], "_"))
             .unwrap_or_default()
     );
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    if upgrade {
+        tracing::info!(socket = %conf.upgrade_sock, "waiting for the running instance to hand over its sockets (send it SIGQUIT)");
+    }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let health = Arc::new(HealthRegistry::default());
@@ -115,6 +134,7 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         &health,
     )));
     let in_flight = InFlight::default();
+    let in_flight_drain = in_flight.clone();
     let challenges = Arc::new(ChallengeStore::default());
     tracing::info!(
         generation = 1,
@@ -242,6 +262,25 @@ pub fn run(config_path: PathBuf, config: Config, text: String) -> anyhow::Result
         ));
     }
 
+    // Once an upgrade or shutdown starts, answers close their connections.
+    let mut phases = server.watch_execution_phase();
+    let draining = in_flight_drain;
+    std::thread::Builder::new()
+        .name("phase-watch".into())
+        .spawn(move || {
+            use pingora::server::ExecutionPhase;
+            while let Ok(phase) = phases.blocking_recv() {
+                if matches!(
+                    phase,
+                    ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulTerminate
+                        | ExecutionPhase::ShutdownStarted
+                ) {
+                    draining.start_draining();
+                }
+            }
+        })
+        .context("cannot start the phase watcher")?;
     server.run(RunArgs::default());
     std::process::exit(0)
 }

@@ -68,14 +68,28 @@ impl Proxy {
 }
 
 /// Number of requests being served, so shutdown can end as soon as the last
-/// one is done instead of always sleeping through the grace period.
+/// one is done instead of always sleeping through the grace period; and
+/// whether the process is on its way out, so answers stop keeping
+/// connections alive.
 #[derive(Clone, Debug, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>);
 
 impl InFlight {
     /// Requests currently being served.
     pub fn count(&self) -> usize {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// From now on every answer carries `Connection: close`, so clients
+    /// move to a new connection (the process taking over, after an
+    /// upgrade) right after an answer, never in the middle of sending a
+    /// request on a connection being closed.
+    pub fn start_draining(&self) {
+        self.1.store(true, Ordering::Release);
+    }
+
+    fn draining(&self) -> bool {
+        self.1.load(Ordering::Acquire)
     }
 
     fn enter(&self) -> InFlightGuard {
@@ -562,10 +576,13 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.in_flight.draining() {
+            session.set_keepalive(None);
+        }
         ctx.upstream_took = ctx.upstream_started.map(|t| t.elapsed());
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header("x-request-id", id.clone())?;
