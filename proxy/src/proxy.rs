@@ -216,6 +216,17 @@ async fn respond_text(
     session.write_response_body(Some(body), true).await
 }
 
+/// An error answer of our own: a short text body, never cached.
+async fn respond_error(session: &mut Session, code: u16, body: String) -> Result<()> {
+    let body = Bytes::from(body);
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", body.len())?;
+    resp.insert_header("cache-control", "private, no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
 /// `429 Too Many Requests` with `Retry-After` in whole seconds (at least 1).
 async fn too_many_requests(session: &mut Session, wait: std::time::Duration) -> Result<()> {
     let body = Bytes::from_static(b"429 Too Many Requests: slow down\n");
@@ -696,11 +707,13 @@ impl ProxyHttp for Proxy {
                 400 => "400 Bad Request\n".to_string(),
                 _ => String::new(),
             };
-            if let Err(write_err) = session
-                .respond_error_with_body(code, Bytes::from(body))
-                .await
-            {
-                tracing::debug!(error = %write_err, "could not send the error response");
+            // After a failure the connection is not reused. Once a response
+            // began, nothing more is written: the client sees it cut off.
+            session.set_keepalive(None);
+            if session.response_written().is_none() {
+                if let Err(write_err) = respond_error(session, code, body).await {
+                    tracing::debug!(error = %write_err, "could not send the error response");
+                }
             }
         }
         FailToProxy {

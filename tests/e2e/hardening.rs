@@ -442,3 +442,145 @@ async fn a_websocket_stays_on_its_backend_across_a_reload_and_a_weight_change() 
     );
     assert_eq!(blue.hits(), 1, "the socket stayed on blue");
 }
+
+/// A raw upstream that answers every connection with `reply` (then closes
+/// it), counting connections and the requests' first lines.
+async fn scripted_upstream(
+    reply: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                log.lock().expect("log").push(first);
+                let _ = tcp.write_all(reply).await;
+                // Close without reading more.
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// Reads one response with a fresh connection; returns the raw bytes and
+/// whether the proxy closed the connection. `close` asks it to.
+async fn fetch(proxy: &Proxy, method: &str, body: &str, close: bool) -> (String, bool) {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let raw = format!(
+        "{method} / HTTP/1.1\r\nHost: a\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(proxy.addr, raw.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_body_gives_a_truncated_response() {
+    // Content-Length promises 100 bytes; 5 come.
+    let (addr, _, _task) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort").await;
+    let proxy = Proxy::start(&body(addr, "")).await;
+    let (reply, closed) = fetch(&proxy, "GET", "", false).await;
+    assert!(closed, "{reply:?}");
+    let (_, got) = reply.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        !reply
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+            || !got.ends_with("0\r\n\r\n"),
+        "never a complete-looking chunked body: {reply:?}"
+    );
+    assert!(
+        reply.contains("Content-Length: 100") && got == "short",
+        "the promised length, the bytes that came, then the close: {reply:?}"
+    );
+    drop(proxy);
+
+    // Chunked: one chunk, then the upstream is gone.
+    let (addr, _, _task2) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await;
+    let proxy = Proxy::start(&body(addr, "")).await;
+    let (reply, closed) = fetch(&proxy, "GET", "", false).await;
+    assert!(closed, "{reply:?}");
+    assert!(
+        !reply.ends_with("0\r\n\r\n"),
+        "no final chunk after a truncated body: {reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_upstream_framing_is_refused_with_502() {
+    for (name, script) in [
+        (
+            "two different Content-Length",
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!"[..],
+        ),
+        (
+            "invalid chunk size",
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
+        ),
+    ] {
+        let (addr, _, _task) = scripted_upstream(script).await;
+        let proxy = Proxy::start(&body(addr, "")).await;
+        let (reply, closed) = fetch(&proxy, "GET", "", false).await;
+        let ok = reply.starts_with("HTTP/1.1 502")
+            || (closed && !reply.ends_with("0\r\n\r\n") && !reply.contains("hello!!"));
+        assert!(ok, "{name}: 502, or a cut-off answer: {reply:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_is_never_replayed_to_another_backend() {
+    // The first backend takes the request and dies without answering.
+    let (dead, dead_seen, _task) = scripted_upstream(b"").await;
+    let alive = Upstream::start("alive").await;
+    let config = format!(
+        "[[routes]]\nservice = \"app\"\n\n[services.app]\n\n\
+         [services.app.pools.main]\nbackends = [\"{dead}\", \"{}\"]\n",
+        alive.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut posted = 0;
+    for _ in 0..6 {
+        let (reply, _) = fetch(&proxy, "POST", "payment=1", true).await;
+        if reply.starts_with("HTTP/1.1 502") {
+            posted += 1;
+        }
+    }
+    assert!(posted > 0, "some POSTs went to the dying backend");
+    let replayed = alive.seen().len().saturating_sub(6 - posted);
+    assert_eq!(
+        replayed, 0,
+        "a POST whose body went to one backend is never sent to another"
+    );
+    assert_eq!(
+        dead_seen.lock().expect("seen").len(),
+        posted,
+        "each failed POST reached exactly one backend"
+    );
+}
