@@ -24,6 +24,7 @@ use switchyard_certs::{AcmeManager, CertResolver, ChallengeStore};
 use switchyard_config::AccessLogTarget;
 use switchyard_config::{Config, TokenSource};
 use switchyard_proxy::access::AccessLog;
+use switchyard_proxy::deadline::HeadDeadline;
 use switchyard_proxy::{HealthChecker, HealthRegistry, InFlight, Proxy, Snapshot};
 
 use crate::assets::{log_cert, Assets};
@@ -154,7 +155,7 @@ pub fn run(
             })?))
         }
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         Proxy::new(
             snapshot.clone(),
@@ -162,7 +163,10 @@ pub fn run(
             challenges.clone(),
             access_log,
         ),
-        "switchyard proxy",
+    );
+    let mut proxy = pingora::services::listening::Service::new(
+        "switchyard proxy".into(),
+        HeadDeadline::new(app, snapshot.clone()),
     );
     if let Some(http) = config.listen.http {
         proxy.add_listener(ListenerConfig::tcp(http.to_string()).l4_buffer(buffers()));

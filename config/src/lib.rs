@@ -205,6 +205,9 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<Cidr>,
     /// Requests allowed per client address, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// Longest time a client may take to send a request head, from the
+    /// connection's start (or a keep-alive request's first byte).
+    pub header_timeout: Duration,
 }
 
 /// A token bucket per client address.
@@ -225,6 +228,7 @@ impl Default for HttpSettings {
             max_body_bytes: 10 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             rate_limit: None,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -805,8 +805,19 @@ impl<'a> Walk<'a> {
                 "max_body_bytes",
                 "trusted_proxies",
                 "rate_limit",
+                "header_timeout",
             ],
         );
+        if let Some(v) = table.get("header_timeout") {
+            match self.duration(v, "http.header_timeout") {
+                Some(d) if d > Duration::ZERO => settings.header_timeout = d,
+                Some(_) => {
+                    self.error(v.span(), "http.header_timeout", "must be more than zero");
+                    return None;
+                }
+                None => return None,
+            }
+        }
         if let Some(v) = table.get("rate_limit") {
             match self.rate_limit(v, "http.rate_limit") {
                 Some(r) => settings.rate_limit = Some(r),

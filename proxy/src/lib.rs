@@ -10,6 +10,7 @@
 //! Start reading at [`proxy`] (the request phases), then [`snapshot`].
 
 pub mod access;
+pub mod deadline;
 pub mod guard;
 pub mod headers;
 pub mod health;

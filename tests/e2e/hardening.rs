@@ -584,3 +584,84 @@ async fn a_request_body_is_never_replayed_to_another_backend() {
         "each failed POST reached exactly one backend"
     );
 }
+
+/// Sends `raw` one byte every `gap`; returns when the proxy closed the
+/// connection (or answered), with the time it took and what came back.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    prefix: &[u8],
+    raw: &[u8],
+    gap: Duration,
+) -> (Duration, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(prefix).await.expect("prefix");
+    let started = std::time::Instant::now();
+    let (mut rd, mut wr) = tcp.into_split();
+    let raw = raw.to_vec();
+    let writer = tokio::spawn(async move {
+        for b in raw {
+            tokio::time::sleep(gap).await;
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    writer.abort();
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&got).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_head_is_cut_off_at_the_header_timeout() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "[http]\nheader_timeout = \"2s\"\n")).await;
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    // A byte every 300 ms: each read is quick, the whole head is not.
+    let (took, got) = trickle(proxy.addr, b"", head, Duration::from_millis(300)).await;
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "cut off at about 2 s, took {took:?}: {got:?}"
+    );
+    assert!(!got.contains("200 OK"), "{got:?}");
+
+    // The same on a keep-alive connection's second request.
+    let (took, got) = trickle(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        head,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(got.matches("200 OK").count(), 1, "only the first: {got:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert_eq!(up.hits(), 1);
+
+    // A head that arrives in time, then a slow body, is served.
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    tcp.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    for b in b"body" {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        tcp.write_all(&[*b]).await.expect("body byte");
+    }
+    let mut reply = Vec::new();
+    tcp.read_to_end(&mut reply).await.expect("reply");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}
