@@ -166,7 +166,7 @@ pub fn run(
     );
     let mut proxy = pingora::services::listening::Service::new(
         "switchyard proxy".into(),
-        HeadDeadline::new(app, snapshot.clone()),
+        HeadDeadline::new(app, snapshot.clone(), config.listen.proxy_protocol),
     );
     if let Some(http) = config.listen.http {
         proxy.add_listener(ListenerConfig::tcp(http.to_string()).l4_buffer(buffers()));
@@ -193,6 +193,14 @@ pub fn run(
             Some(resolver)
         }
     };
+    if config.listen.proxy_protocol {
+        proxy.endpoints().set_pre_tls_callback(Arc::new(
+            switchyard_proxy::proxy_protocol::BeforeTls {
+                snapshot: snapshot.clone(),
+            },
+        ));
+        tracing::info!("expecting a PROXY protocol header on every connection");
+    }
     server.add_service(proxy);
 
     let mut acme_manager = None;

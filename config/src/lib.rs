@@ -49,6 +49,10 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     /// Admin API listener.
     pub admin: Option<SocketAddr>,
+    /// Whether the HTTP and HTTPS listeners expect a PROXY protocol header
+    /// (v1 or v2) first, from an L4 balancer, and take the client address
+    /// from it.
+    pub proxy_protocol: bool,
 }
 
 /// The admin API's settings.
@@ -589,6 +593,9 @@ impl Config {
                 show(self.listen.https),
                 show(next.listen.https)
             ));
+        }
+        if self.listen.proxy_protocol != next.listen.proxy_protocol {
+            changes.push("listen.proxy_protocol changed".to_string());
         }
         if self.server.access_log != next.server.access_log {
             changes.push("server.access_log changed".to_string());

@@ -241,7 +241,15 @@ impl<'a> Walk<'a> {
             return None;
         };
         let table = self.table(item, None, "listen")?;
-        self.known_keys(table, "listen", &["http", "https", "admin"]);
+        self.known_keys(
+            table,
+            "listen",
+            &["http", "https", "admin", "proxy_protocol"],
+        );
+        let proxy_protocol = match table.get("proxy_protocol") {
+            None => false,
+            Some(v) => self.boolean(v, "listen.proxy_protocol")?,
+        };
         let mut ok = true;
         let mut addr = |w: &mut Self, key: &str| match table.get(key) {
             None => None,
@@ -279,7 +287,12 @@ impl<'a> Walk<'a> {
                 return None;
             }
         }
-        Some(Listen { http, https, admin })
+        Some(Listen {
+            http,
+            https,
+            admin,
+            proxy_protocol,
+        })
     }
 
     fn boolean(&mut self, item: &Item, path: &str) -> Option<bool> {

@@ -33,18 +33,24 @@ use tokio::time::Sleep;
 use crate::SharedSnapshot;
 
 /// Wraps a server application so its HTTP/1 connections get head deadlines.
+///
+/// With `proxy_protocol`, a plain connection must first bring a PROXY
+/// header (TLS connections bring theirs before the handshake, read by
+/// [`crate::proxy_protocol::BeforeTls`]).
 pub struct HeadDeadline<A> {
     inner: Arc<A>,
     snapshot: SharedSnapshot,
+    proxy_protocol: bool,
 }
 
 impl<A> HeadDeadline<A> {
     /// `inner` with the deadline of `http.header_timeout` in the serving
     /// snapshot (read per connection, so a reload applies to new ones).
-    pub fn new(inner: A, snapshot: SharedSnapshot) -> Self {
+    pub fn new(inner: A, snapshot: SharedSnapshot, proxy_protocol: bool) -> Self {
         HeadDeadline {
             inner: Arc::new(inner),
             snapshot,
+            proxy_protocol,
         }
     }
 }
@@ -56,10 +62,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let wrap = !stream.as_any().is::<DeadlineStream>()
-            && stream.selected_alpn_proto() != Some(ALPN::H2);
+        let fresh = !stream.as_any().is::<DeadlineStream>();
+        let limit = self.snapshot.load().http.header_timeout;
+        let mut stream = stream;
+        if fresh && self.proxy_protocol && stream.get_ssl().is_none() {
+            let read =
+                tokio::time::timeout(limit, crate::proxy_protocol::read_header(&mut stream)).await;
+            match read {
+                Ok(Ok(Some(client))) => crate::proxy_protocol::set_peer(&mut *stream, client),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection closed");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        let wrap = fresh && stream.selected_alpn_proto() != Some(ALPN::H2);
         let stream: Stream = if wrap {
-            let limit = self.snapshot.load().http.header_timeout;
             Box::new(DeadlineStream::new(stream, limit))
         } else {
             stream

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod stats;

@@ -665,3 +665,83 @@ async fn a_client_trickling_its_head_is_cut_off_at_the_header_timeout() {
         String::from_utf8_lossy(&reply)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_l4_balancer_the_proxy_protocol_names_the_client() {
+    let up = Upstream::start("app").await;
+    let ca = crate::pki::TestCa::new();
+    let dir = tempfile::tempdir().expect("dir");
+    ca.leaf(&["shop.example.com"]).write(dir.path(), "shop");
+    let config = format!(
+        "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n{}",
+        body(up.addr, "").replace(
+            "service = \"app\"\n",
+            "service = \"app\"\nhttps_redirect = false\n"
+        )
+    );
+    let proxy = Proxy::start_with(
+        &config,
+        ProxyOptions {
+            https: true,
+            dir: Some(dir),
+            listen_extra: "proxy_protocol = true\n".into(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+    // Version 1, plain HTTP.
+    let mut raw = b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n".to_vec();
+    raw.extend_from_slice(get);
+    let (reply, _) = exchange(proxy.addr, &raw).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(
+        up.seen().pop().expect("seen").headers["x-forwarded-for"],
+        "203.0.113.7"
+    );
+
+    // Version 2 (binary), plain HTTP.
+    let mut raw = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    raw.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x9c, 0x40, 0, 80,
+    ]);
+    raw.extend_from_slice(get);
+    let (reply, _) = exchange(proxy.addr, &raw).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(
+        up.seen().pop().expect("seen").headers["x-forwarded-for"],
+        "198.51.100.9"
+    );
+
+    // Before the TLS handshake, on the HTTPS listener.
+    let spec = crate::pki::ClientSpec {
+        sni: Some("shop.example.com"),
+        ..crate::pki::ClientSpec::default()
+    };
+    let mut tls = crate::pki::tls_connect_after(
+        proxy.https.expect("https"),
+        spec,
+        b"PROXY TCP6 2001:db8::7 ::1 40000 443\r\n",
+    )
+    .await
+    .expect("handshake after the PROXY header");
+    tls.write_all(get).await.expect("request");
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(
+        up.seen().pop().expect("seen").headers["x-forwarded-for"],
+        "2001:db8::7"
+    );
+
+    // Without a header, the connection is closed unanswered.
+    let before = up.hits();
+    let (reply, closed) = exchange(proxy.addr, get).await;
+    assert!(closed && reply.is_empty(), "{reply:?}");
+    assert_eq!(up.hits(), before);
+}

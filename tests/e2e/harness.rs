@@ -390,6 +390,8 @@ pub struct ProxyOptions {
     pub http_port: Option<u16>,
     /// Whether to add an admin listener.
     pub admin: bool,
+    /// More lines for the `[listen]` table.
+    pub listen_extra: String,
 }
 
 impl Default for ProxyOptions {
@@ -401,6 +403,7 @@ impl Default for ProxyOptions {
             dir: None,
             http_port: None,
             admin: false,
+            listen_extra: String::new(),
         }
     }
 }
@@ -441,8 +444,8 @@ impl Proxy {
             None => https_line,
         };
         let header = format!(
-            "[listen]\nhttp = \"{addr}\"\n{https_line}\n[server]\n{}\n",
-            options.server
+            "[listen]\nhttp = \"{addr}\"\n{https_line}{}\n[server]\n{}\n",
+            options.listen_extra, options.server
         );
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, format!("{header}{body}")).expect("write config");

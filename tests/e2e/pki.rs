@@ -194,6 +194,15 @@ pub async fn tls_connect(
     addr: SocketAddr,
     spec: ClientSpec<'_>,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect_after(addr, spec, b"").await
+}
+
+/// Like [`tls_connect`], sending `prefix` (a PROXY header, say) first.
+pub async fn tls_connect_after(
+    addr: SocketAddr,
+    spec: ClientSpec<'_>,
+    prefix: &[u8],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(spec.versions)
         .expect("versions");
@@ -210,7 +219,11 @@ pub async fn tls_connect(
         Some(sni) => ServerName::try_from(sni.to_string()).expect("server name"),
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let tcp = TcpStream::connect(addr).await?;
+    let mut tcp = TcpStream::connect(addr).await?;
+    if !prefix.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(prefix).await?;
+    }
     TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
