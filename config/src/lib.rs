@@ -209,6 +209,8 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<Cidr>,
     /// Requests allowed per client address, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// Most connections open at once from one client address, if capped.
+    pub max_connections_per_client: Option<usize>,
     /// Longest time a client may take to send a request head, from the
     /// connection's start (or a keep-alive request's first byte).
     pub header_timeout: Duration,
@@ -232,6 +234,7 @@ impl Default for HttpSettings {
             max_body_bytes: 10 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             rate_limit: None,
+            max_connections_per_client: None,
             header_timeout: Duration::from_secs(10),
         }
     }

@@ -819,6 +819,7 @@ impl<'a> Walk<'a> {
                 "trusted_proxies",
                 "rate_limit",
                 "header_timeout",
+                "max_connections_per_client",
             ],
         );
         if let Some(v) = table.get("header_timeout") {
@@ -849,6 +850,9 @@ impl<'a> Walk<'a> {
         }
         if let Some(n) = size(self, "max_headers", 1..10_001) {
             settings.max_headers = n;
+        }
+        if let Some(n) = size(self, "max_connections_per_client", 1..1_000_001) {
+            settings.max_connections_per_client = Some(n);
         }
         if let Some(n) = size(self, "max_uri_bytes", 64..1024 * 1024 + 1) {
             settings.max_uri_bytes = n;
@@ -2284,7 +2288,7 @@ wat = 1
             errs,
             vec![
                 "t.toml:3:8: listen.http: invalid address \"localhost\"; expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`, `admin`",
+                "t.toml:4:1: listen.colour: unknown key; expected one of `http`, `https`, `admin`, `proxy_protocol`",
                 "t.toml:7:11: routes[0].service: unknown service \"nope\"; declare it as [services.nope]",
                 "t.toml:13:28: services.shop.pools.blue.backends[1]: duplicate backend 127.0.0.1:1",
                 "t.toml:14:1: services.shop.pools.blue.wat: unknown key; expected one of `backends`, `drain`, `tls`, `sni`, `ca`, `insecure_skip_verify`, `health`",

@@ -41,6 +41,8 @@ pub struct HeadDeadline<A> {
     inner: Arc<A>,
     snapshot: SharedSnapshot,
     proxy_protocol: bool,
+    connections: Arc<crate::ratelimit::ConnectionCounts>,
+    refused: metrics::Counter,
 }
 
 impl<A> HeadDeadline<A> {
@@ -51,6 +53,8 @@ impl<A> HeadDeadline<A> {
             inner: Arc::new(inner),
             snapshot,
             proxy_protocol,
+            connections: Arc::default(),
+            refused: metrics::counter!("switchyard_connections_refused_total"),
         }
     }
 }
@@ -63,7 +67,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let fresh = !stream.as_any().is::<DeadlineStream>();
-        let limit = self.snapshot.load().http.header_timeout;
+        let snapshot = self.snapshot.load();
+        let limit = snapshot.http.header_timeout;
         let mut stream = stream;
         if fresh && self.proxy_protocol && stream.get_ssl().is_none() {
             let read =
@@ -78,13 +83,37 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
                 Err(_) => return None,
             }
         }
+        // One client may hold only so many connections (a balancer in
+        // `trusted_proxies` speaks for many clients and is not capped).
+        let mut guard = None;
+        if let (true, Some(max)) = (fresh, snapshot.http.max_connections_per_client) {
+            let peer = stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            if let Some(ip) = peer {
+                if !snapshot.http.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                    match self.connections.open(ip, max) {
+                        Some(g) => guard = Some(g),
+                        None => {
+                            self.refused.increment(1);
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        drop(snapshot);
         let wrap = fresh && stream.selected_alpn_proto() != Some(ALPN::H2);
         let stream: Stream = if wrap {
-            Box::new(DeadlineStream::new(stream, limit))
+            // The count travels with the connection across its requests.
+            Box::new(DeadlineStream::new(stream, limit, guard.take()))
         } else {
             stream
         };
-        self.inner.process_new(stream, shutdown).await
+        // An HTTP/2 connection is served whole by this call.
+        let reused = self.inner.process_new(stream, shutdown).await;
+        drop(guard);
+        reused
     }
 
     async fn cleanup(&self) {
@@ -113,10 +142,15 @@ pub struct DeadlineStream {
     limit: Duration,
     phase: Phase,
     timer: Option<Pin<Box<Sleep>>>,
+    _counted: Option<crate::ratelimit::ConnectionGuard>,
 }
 
 impl DeadlineStream {
-    fn new(inner: Stream, limit: Duration) -> Self {
+    fn new(
+        inner: Stream,
+        limit: Duration,
+        counted: Option<crate::ratelimit::ConnectionGuard>,
+    ) -> Self {
         DeadlineStream {
             inner,
             limit,
@@ -126,6 +160,7 @@ impl DeadlineStream {
             },
             // The first head is timed from the accept.
             timer: Some(Box::pin(tokio::time::sleep(limit))),
+            _counted: counted,
         }
     }
 

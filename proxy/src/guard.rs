@@ -262,6 +262,7 @@ mod tests {
             max_body_bytes: 1000,
             trusted_proxies: Vec::new(),
             rate_limit: None,
+            max_connections_per_client: None,
             header_timeout: std::time::Duration::from_secs(10),
         };
         let ok = headers(&[("host", "a")]);

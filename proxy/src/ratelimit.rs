@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -98,5 +98,85 @@ mod tests {
         assert!(limiter
             .take(a, 2.0, 5.0, t0 + Duration::from_millis(500))
             .is_err());
+    }
+}
+
+/// Open connections per client address, for `http.max_connections_per_client`.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    shards: [Mutex<HashMap<IpAddr, usize>>; SHARDS],
+    hasher: ahash::RandomState,
+}
+
+impl ConnectionCounts {
+    fn shard(&self, client: IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+        &self.shards[(self.hasher.hash_one(client) as usize) % SHARDS]
+    }
+
+    /// Counts a new connection from `client` unless it already has `max`;
+    /// the guard uncounts it when dropped.
+    pub fn open(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<ConnectionGuard> {
+        let mut map = match self.shard(client).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let n = map.entry(client).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionGuard {
+            counts: self.clone(),
+            client,
+        })
+    }
+
+    /// Open connections from `client`.
+    pub fn of(&self, client: IpAddr) -> usize {
+        self.shard(client)
+            .lock()
+            .map(|m| m.get(&client).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+/// One counted connection.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    counts: Arc<ConnectionCounts>,
+    client: IpAddr,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut map = match self.counts.shard(self.client).lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(n) = map.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    #[test]
+    fn caps_and_releases() {
+        let counts = Arc::new(ConnectionCounts::default());
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let one = counts.open(a, 2).expect("first");
+        let two = counts.open(a, 2).expect("second");
+        assert!(counts.open(a, 2).is_none(), "third over the cap");
+        drop(one);
+        assert_eq!(counts.of(a), 1);
+        let _three = counts.open(a, 2).expect("room again");
+        drop(two);
+        assert_eq!(counts.of(a), 1);
     }
 }

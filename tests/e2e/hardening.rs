@@ -745,3 +745,36 @@ async fn behind_an_l4_balancer_the_proxy_protocol_names_the_client() {
     assert!(closed && reply.is_empty(), "{reply:?}");
     assert_eq!(up.hits(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_may_hold_only_so_many_connections() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "[http]\nmax_connections_per_client = 2\n")).await;
+    let keep_alive = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let open = || async {
+        let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        tcp.write_all(keep_alive).await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("in time")
+            .unwrap_or(0);
+        (tcp, String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let (first, reply) = open().await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let (_second, reply) = open().await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let (_third, reply) = open().await;
+    assert!(
+        reply.is_empty(),
+        "a third connection is closed unanswered: {reply:?}"
+    );
+    drop(first);
+    crate::harness::eventually(
+        Duration::from_secs(5),
+        "room for a new connection",
+        || async { open().await.1.starts_with("HTTP/1.1 200") },
+    )
+    .await;
+}
