@@ -356,6 +356,9 @@ def switchyard_config(http, https, upstream, cert, key, routes):
     lines = [
         f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n',
         '[server]\nthreads = 1\ngrace_period = "1s"\n',
+        # As long as the peers wait for a head (nginx's client_header_timeout
+        # is 60 s), so idle connections are measured, not closed.
+        '[http]\nheader_timeout = "60s"\n',
         f'[[tls.certificates]]\ncert = "{cert}"\nkey = "{key}"\ndefault = true\n',
     ]
     for i in range(routes):

@@ -209,6 +209,8 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<Cidr>,
     /// Requests allowed per client address, if limited.
     pub rate_limit: Option<RateLimit>,
+    /// How long an idle keep-alive connection stays open.
+    pub keepalive_timeout: Duration,
     /// Most connections open at once from one client address, if capped.
     pub max_connections_per_client: Option<usize>,
     /// Longest time a client may take to send a request head, from the
@@ -235,6 +237,7 @@ impl Default for HttpSettings {
             trusted_proxies: Vec::new(),
             rate_limit: None,
             max_connections_per_client: None,
+            keepalive_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
         }
     }

@@ -820,8 +820,19 @@ impl<'a> Walk<'a> {
                 "rate_limit",
                 "header_timeout",
                 "max_connections_per_client",
+                "keepalive_timeout",
             ],
         );
+        if let Some(v) = table.get("keepalive_timeout") {
+            match self.duration(v, "http.keepalive_timeout") {
+                Some(d) if d >= Duration::from_secs(1) => settings.keepalive_timeout = d,
+                Some(_) => {
+                    self.error(v.span(), "http.keepalive_timeout", "must be at least 1s");
+                    return None;
+                }
+                None => return None,
+            }
+        }
         if let Some(v) = table.get("header_timeout") {
             match self.duration(v, "http.header_timeout") {
                 Some(d) if d > Duration::ZERO => settings.header_timeout = d,

@@ -263,6 +263,7 @@ mod tests {
             trusted_proxies: Vec::new(),
             rate_limit: None,
             max_connections_per_client: None,
+            keepalive_timeout: std::time::Duration::from_secs(60),
             header_timeout: std::time::Duration::from_secs(10),
         };
         let ok = headers(&[("host", "a")]);

@@ -345,6 +345,11 @@ impl ProxyHttp for Proxy {
             respond_text(session, refused.status, refused.body, None).await?;
             return Ok(true);
         }
+        // Keep-alive is on unless the client or a refusal turned it off;
+        // an idle connection then closes after `http.keepalive_timeout`.
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(ctx.snapshot.http.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
         ctx.request_id = Some(request_id(&req.headers));
         let path = req.uri.path();
