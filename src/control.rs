@@ -11,7 +11,7 @@ use toml_edit::{value, DocumentMut, InlineTable, Item};
 
 use switchyard_admin::{Change, Control, Refusal};
 use switchyard_certs::{AcmeManager, CertResolver};
-use switchyard_config::Config;
+use switchyard_config::{Config, RolloutState};
 use switchyard_proxy::{BackendState, HealthRegistry, SharedSnapshot};
 
 use crate::reload::{Outcome, Reloader};
@@ -62,6 +62,26 @@ impl Controller {
         let before = self
             .split_of(service)
             .ok_or_else(|| Refusal::new(404, format!("no service {service:?}")))?;
+        // A rollout owns the split while it runs; changing it underneath
+        // would be undone at the next step.
+        let rolling = self
+            .snapshot
+            .load()
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.rollout.as_ref())
+            .map(|r| r.state)
+            .filter(|s| matches!(s, RolloutState::Running | RolloutState::Paused));
+        if let Some(state) = rolling {
+            return Err(Refusal::new(
+                409,
+                format!(
+                    "a rollout of {service:?} is {}; it owns the split: promote or abort it first",
+                    state.as_str()
+                ),
+            ));
+        }
         let generation = self.reloader.edit(if_match, trigger, |doc, config| {
             write_split(doc, config, service, shares)
         })?;

@@ -337,6 +337,9 @@ pub struct Service {
     pub read_timeout: Duration,
     /// How long writing the request to a backend may stall.
     pub write_timeout: Duration,
+    /// The longest a whole request may take, from its arrival to the last
+    /// byte of the answer, if limited.
+    pub request_timeout: Option<Duration>,
     /// Passive ejection of failing backends; `None` when disabled.
     pub outlier: Option<Outlier>,
     /// Window over which a backend back in rotation ramps up to its full

@@ -962,6 +962,7 @@ impl<'a> Walk<'a> {
                 "connect_timeout",
                 "read_timeout",
                 "write_timeout",
+                "request_timeout",
                 "health",
                 "outlier",
                 "slow_start",
@@ -1066,6 +1067,10 @@ impl<'a> Walk<'a> {
         };
         let read_timeout = io_timeout(self, "read_timeout");
         let write_timeout = io_timeout(self, "write_timeout");
+        let request_timeout = match table.get("request_timeout") {
+            None => Some(None),
+            Some(_) => io_timeout(self, "request_timeout").map(Some),
+        };
 
         let pools_path = join(path, "pools");
         let mut pools: BTreeMap<String, (Pool, Option<Range<usize>>)> = BTreeMap::new();
@@ -1133,6 +1138,7 @@ impl<'a> Walk<'a> {
             connect_timeout: connect_timeout?,
             read_timeout: read_timeout?,
             write_timeout: write_timeout?,
+            request_timeout: request_timeout?,
             outlier,
             slow_start,
             sticky: sticky?,

@@ -123,11 +123,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
 
 #[derive(Debug)]
 enum Phase {
-    /// Reading a head; the clock runs when `deadline` is set.
+    /// Reading a head; the clock runs when the timer is set.
     Head {
         /// The last bytes read, to find a blank line split across reads.
         tail: [u8; 3],
         tail_len: usize,
+        /// The request line so far, until it is complete and checked.
+        line: Option<Vec<u8>>,
     },
     /// Head done: a body, or waiting for the answer.
     Body,
@@ -154,10 +156,7 @@ impl DeadlineStream {
         DeadlineStream {
             inner,
             limit,
-            phase: Phase::Head {
-                tail: [0; 3],
-                tail_len: 0,
-            },
+            phase: Phase::new_head(),
             // The first head is timed from the accept.
             timer: Some(Box::pin(tokio::time::sleep(limit))),
             _counted: counted,
@@ -166,23 +165,29 @@ impl DeadlineStream {
 
     /// Notes `new` bytes of a head; whether the head ended in them.
     fn head_ends(tail: &mut [u8; 3], tail_len: &mut usize, new: &[u8]) -> bool {
-        let mut window = [0u8; 4];
-        let mut filled = *tail_len;
-        window[..filled].copy_from_slice(&tail[..filled]);
-        for &b in new {
-            if filled == 4 {
-                window.copy_within(1.., 0);
-                filled = 3;
-            }
-            window[filled] = b;
-            filled += 1;
-            if filled == 4 && &window == b"\r\n\r\n" {
-                return true;
-            }
+        // Across the boundary: the kept tail and the first bytes of `new`.
+        let mut edge = [0u8; 6];
+        let head = new.len().min(3);
+        edge[..*tail_len].copy_from_slice(&tail[..*tail_len]);
+        edge[*tail_len..*tail_len + head].copy_from_slice(&new[..head]);
+        if edge[..*tail_len + head]
+            .windows(4)
+            .any(|w| w == b"\r\n\r\n")
+            || memchr::memmem::find(new, b"\r\n\r\n").is_some()
+        {
+            return true;
         }
-        let keep = filled.min(3);
-        tail[..keep].copy_from_slice(&window[filled - keep..filled]);
-        *tail_len = keep;
+        // Keep the last three bytes seen.
+        let mut last = [0u8; 6];
+        let n = *tail_len + head;
+        last[..n].copy_from_slice(&edge[..n]);
+        let keep: &[u8] = if new.len() >= 3 {
+            &new[new.len() - 3..]
+        } else {
+            &last[n.saturating_sub(3)..n]
+        };
+        tail[..keep.len()].copy_from_slice(keep);
+        *tail_len = keep.len();
         false
     }
 }
@@ -192,6 +197,79 @@ fn timed_out() -> io::Error {
         io::ErrorKind::TimedOut,
         "request head not received within http.header_timeout",
     )
+}
+
+fn bad_line() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed request line")
+}
+
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 54\r\nConnection: close\r\n\r\n408 Request Timeout: the request head came too slowly\n";
+const BAD_REQUEST_LINE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\n400 Bad Request: malformed request line\n";
+/// Request lines longer than this are left to the target length limit.
+const MAX_CHECKED_LINE: usize = 16 * 1024;
+
+impl Phase {
+    fn new_head() -> Phase {
+        Phase::Head {
+            tail: [0; 3],
+            tail_len: 0,
+            line: Some(Vec::new()),
+        }
+    }
+}
+
+/// Feeds `new` head bytes to the request-line check; false when the line
+/// is complete and malformed. The whole line in one read (the usual case)
+/// is checked in place; a line split across reads is gathered first.
+fn check_request_line(line: &mut Option<Vec<u8>>, mut new: &[u8]) -> bool {
+    while let Some(partial) = line.as_mut() {
+        let Some(end) = memchr::memchr(b'\n', new) else {
+            partial.extend_from_slice(new);
+            if partial.len() > MAX_CHECKED_LINE {
+                *line = None;
+            }
+            return true;
+        };
+        if !partial.is_empty() {
+            partial.extend_from_slice(&new[..end]);
+        }
+        let whole: &[u8] = if partial.is_empty() {
+            &new[..end]
+        } else {
+            partial
+        };
+        let text = whole.strip_suffix(b"\r").unwrap_or(whole);
+        if text.is_empty() {
+            // Blank lines before a request are tolerated (RFC 9112 2.2).
+            partial.clear();
+            new = &new[end + 1..];
+            continue;
+        }
+        let ok = valid_request_line(text);
+        *line = None;
+        return ok;
+    }
+    true
+}
+
+/// `METHOD SP TARGET SP HTTP/1.x`: a token, a target with no spaces,
+/// controls, quotes or angle brackets, and a known version. The framework
+/// would percent-escape such a target and forward it; it is refused here.
+fn valid_request_line(line: &[u8]) -> bool {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !method.is_empty()
+        && method.iter().all(tchar)
+        && !target.is_empty()
+        && target
+            .iter()
+            .all(|&b| b > 0x20 && b < 0x7f && !b"\"<>\\^`{|}".contains(&b))
+        && matches!(version, b"HTTP/1.1" | b"HTTP/1.0")
 }
 
 impl AsyncRead for DeadlineStream {
@@ -215,21 +293,38 @@ impl AsyncRead for DeadlineStream {
                     // The first byte of a keep-alive connection's next head.
                     this.timer = Some(Box::pin(tokio::time::sleep(this.limit)));
                 }
-                if let Phase::Head { tail, tail_len } = &mut this.phase {
-                    if Self::head_ends(tail, tail_len, new) {
-                        this.phase = Phase::Body;
-                        this.timer = None;
-                        return Poll::Ready(Ok(()));
-                    }
+                let mut bad = false;
+                let mut ended = false;
+                if let Phase::Head {
+                    tail,
+                    tail_len,
+                    line,
+                } = &mut this.phase
+                {
+                    bad = !check_request_line(line, new);
+                    ended = !bad && Self::head_ends(tail, tail_len, new);
+                }
+                if bad {
+                    this.refuse(cx, BAD_REQUEST_LINE);
+                    return Poll::Ready(Err(bad_line()));
+                }
+                if ended {
+                    this.phase = Phase::Body;
+                    this.timer = None;
+                    return Poll::Ready(Ok(()));
                 }
                 if this.timer.as_ref().is_some_and(|t| t.is_elapsed()) {
+                    this.refuse(cx, REQUEST_TIMEOUT);
                     return Poll::Ready(Err(timed_out()));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match &mut this.timer {
                 Some(timer) => match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                    Poll::Ready(()) => {
+                        this.refuse(cx, REQUEST_TIMEOUT);
+                        Poll::Ready(Err(timed_out()))
+                    }
                     Poll::Pending => Poll::Pending,
                 },
                 None => Poll::Pending,
@@ -276,6 +371,14 @@ impl AsyncWrite for DeadlineStream {
 }
 
 impl DeadlineStream {
+    /// Best effort: one write of a short refusal before the connection is
+    /// dropped (a client that does not read it loses nothing it needs).
+    fn refuse(&mut self, cx: &mut Context<'_>, answer: &[u8]) {
+        if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, answer) {
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+    }
+
     /// A response head going out ends the request: the next bytes read
     /// start the next head (or a tunnel, after 101).
     fn note_write(&mut self, data: &[u8]) {
@@ -293,10 +396,7 @@ impl DeadlineStream {
             // 100 Continue and friends: the request is still coming.
             Some(b'1') => {}
             Some(_) => {
-                self.phase = Phase::Head {
-                    tail: [0; 3],
-                    tail_len: 0,
-                };
+                self.phase = Phase::new_head();
                 self.timer = None;
             }
             None => {}
@@ -375,6 +475,54 @@ impl Peek for DeadlineStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_well_framed() {
+        for answer in [REQUEST_TIMEOUT, BAD_REQUEST_LINE] {
+            let text = std::str::from_utf8(answer).expect("text");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|n| n.parse().ok())
+                .expect("length");
+            assert_eq!(len, body.len(), "{head}");
+        }
+    }
+
+    #[test]
+    fn request_lines_across_reads() {
+        let mut line = Some(Vec::new());
+        assert!(check_request_line(&mut line, b"\r\nGET /a"));
+        assert!(check_request_line(&mut line, b"bc HTTP/1.1\r\nHost: a\r\n"));
+        assert!(line.is_none(), "checked");
+        let mut line = Some(Vec::new());
+        assert!(check_request_line(&mut line, b"GET /a"));
+        assert!(!check_request_line(&mut line, b" b HTTP/1.1\r\n"));
+        let mut line = Some(Vec::new());
+        assert!(check_request_line(&mut line, b"\r\n\r\nGET / HTTP/1.1\r\n"));
+        assert!(line.is_none());
+    }
+
+    #[test]
+    fn request_lines() {
+        assert!(valid_request_line(b"GET / HTTP/1.1"));
+        assert!(valid_request_line(b"POST /a?b=c%20d HTTP/1.0"));
+        assert!(valid_request_line(b"OPTIONS * HTTP/1.1"));
+        assert!(valid_request_line(b"GET http://a.test/x HTTP/1.1"));
+        for bad in [
+            &b"GET /a b HTTP/1.1"[..],
+            b"GET /a\x01 HTTP/1.1",
+            b"GE(T / HTTP/1.1",
+            b"GET / HTTP/1.01",
+            b"GET / HTTP/2.0",
+            b"GET /\"x\" HTTP/1.1",
+            b"GET  / HTTP/1.1",
+            b"GET /",
+        ] {
+            assert!(!valid_request_line(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn finds_the_blank_line_across_reads() {

@@ -475,7 +475,20 @@ impl ProxyHttp for Proxy {
             pool_rt.backends[backend as usize].addr,
             service.connect_timeout,
         );
-        peer.options.read_timeout = Some(service.read_timeout);
+        let mut read_timeout = service.read_timeout;
+        if let Some(total) = service.request_timeout {
+            let left = total.saturating_sub(ctx.started.elapsed());
+            if left.is_zero() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(504),
+                    "request timeout reached before a backend was tried",
+                ));
+            }
+            // What is left of the request's time bounds every wait on it.
+            read_timeout = read_timeout.min(left);
+            peer.options.connection_timeout = Some(service.connect_timeout.min(left));
+        }
+        peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(service.write_timeout);
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
@@ -656,6 +669,24 @@ impl ProxyHttp for Proxy {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        let total = ctx.service().and_then(|s| s.request_timeout);
+        if total.is_some_and(|t| ctx.started.elapsed() > t) {
+            // The answer is cut off: the client sees a truncated response.
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the request took longer than its service's request_timeout",
+            ));
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -130,6 +130,7 @@ impl Snapshot {
                     connect_timeout: s.connect_timeout,
                     read_timeout: s.read_timeout,
                     write_timeout: s.write_timeout,
+                    request_timeout: s.request_timeout,
                     outlier: s.outlier.clone(),
                     slow_start: s.slow_start,
                     health: health.service(&s.name),
@@ -254,6 +255,8 @@ pub struct ServiceRt {
     pub read_timeout: Duration,
     /// Longest stall writing a request to a backend.
     pub write_timeout: Duration,
+    /// Longest time for a whole request, if limited.
+    pub request_timeout: Option<Duration>,
     /// Passive ejection settings, if enabled.
     pub outlier: Option<Outlier>,
     /// Ramp-up window for backends back in rotation.

@@ -113,6 +113,21 @@ async fn smuggling_shapes_are_refused_and_the_connection_closed() {
         assert!(closed, "{name}: the connection must close");
         assert_eq!(answers(&reply), 1, "{name}: one answer only");
     }
+    // Request-line garbage is refused, not escaped and forwarded.
+    for line in [
+        "GET /a b HTTP/1.1",
+        "GET /a\x01b HTTP/1.1",
+        "GE(T / HTTP/1.1",
+        "GET / HTTP/1.01",
+        "GET /<script> HTTP/1.1",
+    ] {
+        let (reply, closed) =
+            exchange(proxy.addr, format!("{line}\r\nHost: a\r\n\r\n").as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400") && closed,
+            "{line:?}: {reply:?}"
+        );
+    }
     let (reply, closed) = exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n").await;
     assert!(
         reply.starts_with("HTTP/1.1 400") && closed,
@@ -223,6 +238,24 @@ async fn a_hanging_backend_gets_504_after_the_read_timeout_and_a_slow_one_succee
         .await
         .expect("reply");
     assert_eq!(reply.status, 200);
+    drop(proxy);
+
+    // A total budget for the whole request, shorter than the read timeout.
+    let proxy = Proxy::start(
+        &body(up.addr, "").replace("read_timeout = \"1s\"", "request_timeout = \"700ms\""),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let reply = client
+        .get(&proxy.url("/slow?ms=3000"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,7 +667,10 @@ async fn a_client_trickling_its_head_is_cut_off_at_the_header_timeout() {
         took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
         "cut off at about 2 s, took {took:?}: {got:?}"
     );
-    assert!(!got.contains("200 OK"), "{got:?}");
+    assert!(
+        got.starts_with("HTTP/1.1 408 Request Timeout"),
+        "told why, then closed: {got:?}"
+    );
 
     // The same on a keep-alive connection's second request.
     let (took, got) = trickle(

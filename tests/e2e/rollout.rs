@@ -293,6 +293,17 @@ async fn abort_through_the_cli_rolls_back_at_once_and_is_audited() {
         rollout(&proxy).await["share"] == 30 && spread(&proxy).await.contains_key("green")
     })
     .await;
+    // The rollout owns the split while it runs.
+    let (status, body) = call(
+        proxy.admin.expect("admin"),
+        "PUT",
+        "/api/v1/services/shop/split",
+        Some(WRITE_TOKEN),
+        Some(r#"{"blue": 50, "green": 50}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
     let out = std::process::Command::new(BIN)
         .args(["ctl", "--admin", &proxy.admin.expect("admin").to_string()])
         .args(["rollout", "abort", "shop"])
