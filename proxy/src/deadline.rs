@@ -1,6 +1,9 @@
 //! A total deadline for each HTTP/1 request head, so a client that trickles
 //! its head (one byte every few seconds) is cut off instead of holding a
-//! connection forever: the framework only times out single reads.
+//! connection forever: the framework only times out single reads. The same
+//! wrapper closes keep-alive connections idle for `http.keepalive_timeout`.
+//! Its one timer is set only when a read has to wait, so a busy connection
+//! costs no clock reads or timer updates.
 //!
 //! [`HeadDeadline`] wraps the proxy application and each HTTP/1 client
 //! connection in a [`DeadlineStream`]. The clock starts when the
@@ -28,7 +31,7 @@ use pingora_core::protocols::{
 use pingora_core::server::ShutdownWatch;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::SharedSnapshot;
 
@@ -66,11 +69,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let fresh = !stream.as_any().is::<DeadlineStream>();
+        if stream.as_any().is::<DeadlineStream>() {
+            // A keep-alive connection's next request: already set up.
+            return self.inner.process_new(stream, shutdown).await;
+        }
         let snapshot = self.snapshot.load();
         let limit = snapshot.http.header_timeout;
+        let idle = snapshot.http.keepalive_timeout;
         let mut stream = stream;
-        if fresh && self.proxy_protocol && stream.get_ssl().is_none() {
+        if self.proxy_protocol && stream.get_ssl().is_none() {
             let read =
                 tokio::time::timeout(limit, crate::proxy_protocol::read_header(&mut stream)).await;
             match read {
@@ -86,7 +93,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         // One client may hold only so many connections (a balancer in
         // `trusted_proxies` speaks for many clients and is not capped).
         let mut guard = None;
-        if let (true, Some(max)) = (fresh, snapshot.http.max_connections_per_client) {
+        if let Some(max) = snapshot.http.max_connections_per_client {
             let peer = stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
@@ -103,10 +110,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
             }
         }
         drop(snapshot);
-        let wrap = fresh && stream.selected_alpn_proto() != Some(ALPN::H2);
-        let stream: Stream = if wrap {
+        let stream: Stream = if stream.selected_alpn_proto() != Some(ALPN::H2) {
             // The count travels with the connection across its requests.
-            Box::new(DeadlineStream::new(stream, limit, guard.take()))
+            Box::new(DeadlineStream::new(stream, limit, idle, guard.take()))
         } else {
             stream
         };
@@ -141,24 +147,44 @@ enum Phase {
 #[derive(Debug)]
 pub struct DeadlineStream {
     inner: Stream,
+    /// `http.header_timeout`.
     limit: Duration,
+    /// `http.keepalive_timeout`.
+    idle: Duration,
     phase: Phase,
-    timer: Option<Pin<Box<Sleep>>>,
+    /// When the head being read must be complete.
+    deadline: Option<Instant>,
+    /// One timer per connection, set only when a read has to wait.
+    timer: Pin<Box<Sleep>>,
+    armed: Armed,
     _counted: Option<crate::ratelimit::ConnectionGuard>,
+}
+
+/// What the timer is set for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Armed {
+    No,
+    Head,
+    Idle,
 }
 
 impl DeadlineStream {
     fn new(
         inner: Stream,
         limit: Duration,
+        idle: Duration,
         counted: Option<crate::ratelimit::ConnectionGuard>,
     ) -> Self {
+        let deadline = Instant::now() + limit;
         DeadlineStream {
             inner,
             limit,
+            idle,
             phase: Phase::new_head(),
             // The first head is timed from the accept.
-            timer: Some(Box::pin(tokio::time::sleep(limit))),
+            deadline: Some(deadline),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            armed: Armed::Head,
             _counted: counted,
         }
     }
@@ -289,10 +315,6 @@ impl AsyncRead for DeadlineStream {
                 if new.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-                if this.timer.is_none() {
-                    // The first byte of a keep-alive connection's next head.
-                    this.timer = Some(Box::pin(tokio::time::sleep(this.limit)));
-                }
                 let mut bad = false;
                 let mut ended = false;
                 if let Phase::Head {
@@ -309,26 +331,47 @@ impl AsyncRead for DeadlineStream {
                     return Poll::Ready(Err(bad_line()));
                 }
                 if ended {
+                    // The usual case: a whole head in one read; no clock read.
                     this.phase = Phase::Body;
-                    this.timer = None;
+                    this.deadline = None;
+                    this.armed = Armed::No;
                     return Poll::Ready(Ok(()));
                 }
-                if this.timer.as_ref().is_some_and(|t| t.is_elapsed()) {
-                    this.refuse(cx, REQUEST_TIMEOUT);
-                    return Poll::Ready(Err(timed_out()));
+                match this.deadline {
+                    // The first bytes of a keep-alive connection's next head.
+                    None => {
+                        this.deadline = Some(Instant::now() + this.limit);
+                        this.armed = Armed::No;
+                    }
+                    Some(d) if Instant::now() >= d => {
+                        this.refuse(cx, REQUEST_TIMEOUT);
+                        return Poll::Ready(Err(timed_out()));
+                    }
+                    Some(_) => {}
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match &mut this.timer {
-                Some(timer) => match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
+            Poll::Pending => {
+                // Timers are set only once the connection actually waits.
+                let (until, kind) = match this.deadline {
+                    Some(d) => (d, Armed::Head),
+                    None => (Instant::now() + this.idle, Armed::Idle),
+                };
+                if this.armed != kind {
+                    this.timer.as_mut().reset(until);
+                    this.armed = kind;
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) if kind == Armed::Head => {
                         this.refuse(cx, REQUEST_TIMEOUT);
                         Poll::Ready(Err(timed_out()))
                     }
-                    Poll::Pending => Poll::Pending,
-                },
-                None => Poll::Pending,
-            },
+                    // Idle too long between requests: end quietly, as if the
+                    // client had closed.
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                }
+            }
             other => other,
         }
     }
@@ -397,7 +440,8 @@ impl DeadlineStream {
             Some(b'1') => {}
             Some(_) => {
                 self.phase = Phase::new_head();
-                self.timer = None;
+                self.deadline = None;
+                self.armed = Armed::No;
             }
             None => {}
         }

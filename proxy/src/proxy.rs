@@ -345,11 +345,6 @@ impl ProxyHttp for Proxy {
             respond_text(session, refused.status, refused.body, None).await?;
             return Ok(true);
         }
-        // Keep-alive is on unless the client or a refusal turned it off;
-        // an idle connection then closes after `http.keepalive_timeout`.
-        if session.get_keepalive() == Some(0) {
-            session.set_keepalive(Some(ctx.snapshot.http.keepalive_timeout.as_secs().max(1)));
-        }
         let req = session.req_header();
         ctx.request_id = Some(request_id(&req.headers));
         let path = req.uri.path();
@@ -493,7 +488,9 @@ impl ProxyHttp for Proxy {
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
         ctx.last = Some((pool, backend));
-        ctx.upstream_started = Some(std::time::Instant::now());
+        if self.access_log.is_some() {
+            ctx.upstream_started = Some(std::time::Instant::now());
+        }
         Ok(Box::new(peer))
     }
 
@@ -613,9 +610,6 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         ctx.upstream_took = ctx.upstream_started.map(|t| t.elapsed());
-        if let Some(id) = &ctx.request_id {
-            upstream_response.insert_header("x-request-id", id.clone())?;
-        }
         if let Some(last) = ctx.last {
             let status = upstream_response.status.as_u16();
             let counts_5xx = ctx
