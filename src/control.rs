@@ -43,7 +43,7 @@ fn time(t: SystemTime) -> String {
 impl Controller {
     fn split_of(&self, service: &str) -> Option<Value> {
         let snapshot = self.snapshot.load();
-        let s = snapshot.services.iter().find(|s| s.name == service)?;
+        let s = snapshot.service(service)?;
         Some(Value::Object(
             s.pools
                 .iter()
@@ -67,9 +67,7 @@ impl Controller {
         let rolling = self
             .snapshot
             .load()
-            .services
-            .iter()
-            .find(|s| s.name == service)
+            .service(service)
             .and_then(|s| s.rollout.as_ref())
             .map(|r| r.state)
             .filter(|s| matches!(s, RolloutState::Running | RolloutState::Paused));
@@ -326,9 +324,7 @@ impl Control for Controller {
     ) -> Result<Change, Refusal> {
         let snapshot = self.snapshot.load_full();
         let s = snapshot
-            .services
-            .iter()
-            .find(|s| s.name == service)
+            .service(service)
             .ok_or_else(|| Refusal::new(404, format!("no service {service:?}")))?;
         let pool =
             s.pools.iter().find(|p| p.name == to).ok_or_else(|| {

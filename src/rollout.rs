@@ -485,9 +485,7 @@ impl Rollouts {
         let current = {
             let snapshot = self.snapshot.load();
             let s = snapshot
-                .services
-                .iter()
-                .find(|s| s.name == service)
+                .service(service)
                 .ok_or_else(|| Refusal::new(404, format!("no service {service:?}")))?;
             s.rollout.clone()
         };
@@ -571,9 +569,7 @@ impl Rollouts {
         if let Some(plan) = self
             .snapshot
             .load()
-            .services
-            .iter()
-            .find(|s| s.name == service)
+            .service(service)
             .and_then(|s| s.rollout.clone())
         {
             self.record(
@@ -597,7 +593,7 @@ impl Rollouts {
     /// The status of one service's rollout (`null` without one).
     pub fn status_of(&self, service: &str) -> Value {
         let snapshot = self.snapshot.load();
-        let Some(s) = snapshot.services.iter().find(|s| s.name == service) else {
+        let Some(s) = snapshot.service(service) else {
             return Value::Null;
         };
         let Some(plan) = &s.rollout else {
@@ -751,19 +747,7 @@ fn start_rollout(
     service: &str,
     params: &Value,
 ) -> Result<(), Refusal> {
-    const KEYS: [&str; 11] = [
-        "from",
-        "to",
-        "steps",
-        "step_duration",
-        "min_requests",
-        "max_error_rate",
-        "max_p99",
-        "max_p99_ratio",
-        "failures_before_rollback",
-        "max_extensions",
-        "rollback_error_rate",
-    ];
+    const KEYS: &[&str] = &switchyard_config::ROLLOUT_SETTINGS;
     let params = match params {
         Value::Null => serde_json::Map::new(),
         Value::Object(map) => map.clone(),

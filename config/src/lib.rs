@@ -392,6 +392,22 @@ pub struct Rollout {
     pub step: usize,
 }
 
+/// The settings of `[services.NAME.rollout]` a user sets (the file also
+/// holds `state` and `step`, which Switchyard writes).
+pub const ROLLOUT_SETTINGS: [&str; 11] = [
+    "from",
+    "to",
+    "steps",
+    "step_duration",
+    "min_requests",
+    "max_error_rate",
+    "max_p99",
+    "max_p99_ratio",
+    "failures_before_rollback",
+    "max_extensions",
+    "rollback_error_rate",
+];
+
 /// Where a rollout is; persisted in the file as `state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutState {

@@ -1215,25 +1215,9 @@ impl<'a> Walk<'a> {
         pools: &BTreeMap<String, (Pool, Option<Range<usize>>)>,
     ) -> Option<Rollout> {
         let table = self.table(item, None, path)?;
-        self.known_keys(
-            table,
-            path,
-            &[
-                "from",
-                "to",
-                "steps",
-                "step_duration",
-                "min_requests",
-                "max_error_rate",
-                "max_p99",
-                "max_p99_ratio",
-                "failures_before_rollback",
-                "max_extensions",
-                "rollback_error_rate",
-                "state",
-                "step",
-            ],
-        );
+        let mut keys = crate::ROLLOUT_SETTINGS.to_vec();
+        keys.extend(["state", "step"]);
+        self.known_keys(table, path, &keys);
         let mut ok = true;
         let pool = |w: &mut Self, key: &str| -> Option<String> {
             let k = join(path, key);

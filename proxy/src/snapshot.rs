@@ -45,6 +45,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The service named `name`, if this generation has it.
+    pub fn service(&self, name: &str) -> Option<&ServiceRt> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
     /// Compiles `config` into a snapshot tagged with `generation`. `cas`
     /// holds every `ca` file the pools name; a pool whose file is missing
     /// from it trusts the system roots. Backends take their health state

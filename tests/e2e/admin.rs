@@ -270,17 +270,12 @@ async fn a_split_change_applies_at_once_is_written_back_and_survives_a_restart()
     );
 
     // A restart reads the file the API wrote.
-    let body = proxy.body_now();
-    let dir = proxy.kill_keep_dir();
-    let proxy = Proxy::start_with(
-        &body,
-        ProxyOptions {
+    let proxy = proxy
+        .restart(ProxyOptions {
             admin: true,
-            dir: Some(dir),
             ..ProxyOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let (bodies, _) = tally(&Client::new(), &proxy.url("/"), 50, 2).await;
     assert_eq!(
         bodies.get("green"),

@@ -314,12 +314,6 @@ async fn answer(
             }
         });
         hits.fetch_add(1, Ordering::SeqCst);
-        // A backend a few milliseconds away, as on a network. (On loopback,
-        // a 101 can reach the framework's proxy loop together with the end
-        // of the empty request body, and in one of the two orders it ends
-        // the tunnel at once: a known framework race, see the closing note
-        // of the hardening work.)
-        tokio::time::sleep(Duration::from_millis(10)).await;
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
@@ -493,6 +487,21 @@ impl Proxy {
         text.strip_prefix(&self.header)
             .expect("the header is intact")
             .to_string()
+    }
+
+    /// Kills the process and starts a new one on the same directory and
+    /// config file as it is now (what a crash and a restart would see).
+    pub async fn restart(self, options: ProxyOptions) -> Proxy {
+        let body = self.body_now();
+        let dir = self.kill_keep_dir();
+        Proxy::start_with(
+            &body,
+            ProxyOptions {
+                dir: Some(dir),
+                ..options
+            },
+        )
+        .await
     }
 
     /// Stops the process (SIGKILL) and hands back its directory.

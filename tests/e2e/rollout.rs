@@ -261,16 +261,12 @@ async fn a_restart_mid_rollout_resumes_at_the_same_step() {
     drop(traffic);
     let body = proxy.body_now();
     assert!(body.contains("step = 1"), "{body}");
-    let dir = proxy.kill_keep_dir();
-    let proxy = Proxy::start_with(
-        &body,
-        ProxyOptions {
+    let proxy = proxy
+        .restart(ProxyOptions {
             admin: true,
-            dir: Some(dir),
             ..ProxyOptions::default()
-        },
-    )
-    .await;
+        })
+        .await;
     let status = rollout(&proxy).await;
     assert_eq!(status["state"], "running");
     assert_eq!(status["step"], 1, "{status}");
