@@ -840,3 +840,59 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
         "closed after about 1 s idle, took {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_passes_through_the_https_listener() {
+    let up = Upstream::start("app").await;
+    let ca = crate::pki::TestCa::new();
+    let dir = tempfile::tempdir().expect("dir");
+    ca.leaf(&["shop.example.com"]).write(dir.path(), "shop");
+    let config = format!(
+        "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n{}",
+        body(up.addr, "").replace(
+            "service = \"app\"\n",
+            "service = \"app\"\nhttps_redirect = false\n"
+        )
+    );
+    let proxy = Proxy::start_with(
+        &config,
+        ProxyOptions {
+            https: true,
+            dir: Some(dir),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let spec = crate::pki::ClientSpec {
+        sni: Some("shop.example.com"),
+        alpn: &[b"http/1.1"],
+        ..crate::pki::ClientSpec::default()
+    };
+    let mut tls = crate::pki::tls_connect(proxy.https.expect("https"), spec)
+        .await
+        .expect("handshake");
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: shop.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut byte).await.expect("101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for text in ["over tls", "and again"] {
+        let frame = ws_frame(text);
+        tls.write_all(&frame).await.expect("send frame");
+        let mut back = vec![0u8; frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, frame, "echoed through the HTTPS listener");
+    }
+}
