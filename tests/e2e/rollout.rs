@@ -373,3 +373,76 @@ async fn the_override_header_needs_its_secret_when_one_is_set() {
         .iter()
         .all(|s| !s.headers.contains_key("x-pool")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_only_move_toward_the_canary_as_the_rollout_steps() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    // Steps never end by time here; the test moves them through the file,
+    // as a reload or restart would.
+    let extra = format!(
+        "sticky = true\n{}",
+        plan("steps = [5, 25, 50, 100]\nstep_duration = \"1h\"\nmin_requests = 1000")
+    );
+    let proxy = admin_proxy(blue.addr, green.addr, &extra).await;
+    let split_is = |green_share: u32| {
+        let body = proxy.body_now();
+        body.contains(&format!("green = {green_share}"))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the first step's split",
+        || async { split_is(5) },
+    )
+    .await;
+    let clients = 400;
+    let mut cookies = Vec::new();
+    let mut last = Vec::new();
+    for _ in 0..clients {
+        let (pool, cookie) = crate::sticky::get(proxy.addr, &[]).await;
+        cookies.push(cookie.expect("a sticky service sets a bucket cookie"));
+        last.push(pool);
+    }
+    for (step, share) in [(1usize, 25u32), (2, 50)] {
+        let body = proxy
+            .body_now()
+            .replace(&format!("step = {}", step - 1), &format!("step = {step}"));
+        proxy.write_in_place(&proxy.config_text(&body));
+        eventually(Duration::from_secs(10), "the next step's split", || async {
+            split_is(share)
+        })
+        .await;
+        let mut on_green = 0;
+        for (i, cookie) in cookies.iter().enumerate() {
+            let (pool, _) = crate::sticky::get(proxy.addr, &[("cookie", cookie.clone())]).await;
+            if last[i] == "green" {
+                assert_eq!(
+                    pool, "green",
+                    "client {i} was sent back to stable at {share}%"
+                );
+            }
+            on_green += usize::from(pool == "green");
+            last[i] = pool;
+        }
+        let observed = 100.0 * on_green as f64 / clients as f64;
+        assert!(
+            (observed - f64::from(share)).abs() <= 7.0,
+            "at {share}% the canary took {observed:.1}% of clients"
+        );
+    }
+    // A rollback moves everyone back.
+    let (status, _) = call(
+        proxy.admin.expect("admin"),
+        "POST",
+        "/api/v1/services/shop/rollout/abort",
+        Some(WRITE_TOKEN),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for cookie in cookies.iter().take(100) {
+        let (pool, _) = crate::sticky::get(proxy.addr, &[("cookie", cookie.clone())]).await;
+        assert_eq!(pool, "blue");
+    }
+}

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use crate::harness::{Proxy, Upstream};
 
 /// One GET with extra headers; returns the body and any Set-Cookie.
-async fn get(addr: SocketAddr, headers: &[(&str, String)]) -> (String, Option<String>) {
+pub(crate) async fn get(addr: SocketAddr, headers: &[(&str, String)]) -> (String, Option<String>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
