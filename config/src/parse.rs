@@ -19,6 +19,8 @@ use crate::{
     Tls, TokenSource, UpstreamTls,
 };
 
+/// The longest duration any key accepts (1000 years).
+const MAX_DURATION: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 /// Default for `server.grace_period`.
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Default for `services.<name>.read_timeout` and `write_timeout`.
@@ -200,6 +202,16 @@ impl<'a> Walk<'a> {
     fn duration(&mut self, item: &Item, path: &str) -> Option<Duration> {
         let raw = self.string(item, path)?;
         match humantime::parse_duration(raw) {
+            // Deadlines are computed by adding durations to clocks; a
+            // duration of ages would overflow them.
+            Ok(d) if d > MAX_DURATION => {
+                self.error(
+                    item.span(),
+                    path,
+                    format!("{raw:?} is too long; at most 1000 years"),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.error(
@@ -2405,6 +2417,12 @@ backends = ["127.0.0.1:2"]
         assert!(errors(&same)
             .iter()
             .any(|e| e.contains("rollout.to: the canary must be another pool")));
+        let ages = format!(
+            "{base}[services.s.rollout]\nfrom = \"a\"\nto = \"b\"\nstep_duration = \"2000000y\"\n"
+        );
+        assert!(errors(&ages)
+            .iter()
+            .any(|e| e.contains("step_duration: \"2000000y\" is too long")));
         let secret = base.replace("split =", "override_secret = \"x\"\nsplit =");
         assert!(errors(&secret).iter().any(|e| e.contains(
             "services.s.override_secret: a secret needs `override_header` or `override_cookie`"

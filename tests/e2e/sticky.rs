@@ -34,6 +34,16 @@ pub(crate) async fn get(addr: SocketAddr, headers: &[(&str, String)]) -> (String
     (String::from_utf8_lossy(&body).trim().to_string(), cookie)
 }
 
+/// Where a `switchyard_bucket=HEX` cookie falls, as a percentage (0..100)
+/// of the bucket space: the pools' shares are laid end to end in name
+/// order, so with blue and green a client is on green when this is at
+/// least blue's share.
+pub(crate) fn bucket_share(cookie: &str) -> u32 {
+    let hex = cookie.split_once('=').map_or("0", |(_, v)| v);
+    let bucket = u32::from_str_radix(hex, 16).unwrap_or(0);
+    ((u64::from(bucket) * 100) >> 32) as u32
+}
+
 fn config(blue: SocketAddr, green: SocketAddr, green_share: u32, sticky: &str) -> String {
     format!(
         "[[routes]]\nservice = \"shop\"\n\n[services.shop]\nsplit = {{ blue = {}, green = {green_share} }}\n{sticky}\n\
@@ -90,9 +100,19 @@ async fn sticky_clients_only_move_toward_the_canary_as_its_share_rises() {
             on_green += usize::from(pool == "green");
             pools[i].push(pool);
         }
+        // Each client is where its own bucket says, exactly; and the
+        // buckets, drawn at random, put about the share there.
+        let expected = cookies
+            .iter()
+            .filter(|c| bucket_share(c) >= 100 - share)
+            .count();
+        assert_eq!(
+            on_green, expected,
+            "clients follow their buckets at {share}%"
+        );
         let observed = 100.0 * on_green as f64 / clients as f64;
         assert!(
-            (observed - f64::from(share)).abs() <= 7.0,
+            (observed - f64::from(share)).abs() <= 10.0,
             "at {share}% the canary took {observed:.1}% of clients"
         );
     }
