@@ -91,6 +91,22 @@ impl Controller {
     }
 }
 
+/// The `[services.SERVICE]` table of `doc`.
+pub(crate) fn service_table<'d>(
+    doc: &'d mut DocumentMut,
+    service: &str,
+) -> Result<&'d mut dyn toml_edit::TableLike, Refusal> {
+    doc.get_mut("services")
+        .and_then(|s| s.get_mut(service))
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| {
+            Refusal::new(
+                500,
+                format!("services.{service} is not a table in the file"),
+            )
+        })
+}
+
 /// Sets `services.SERVICE.split` in `doc` to `shares` (pools not named get
 /// 0), keeping the layout and comments around it.
 pub(crate) fn write_split(
@@ -102,16 +118,7 @@ pub(crate) fn write_split(
     let known = config
         .service(service)
         .ok_or_else(|| Refusal::new(404, format!("no service {service:?}")))?;
-    let table = doc
-        .get_mut("services")
-        .and_then(|s| s.get_mut(service))
-        .and_then(Item::as_table_like_mut)
-        .ok_or_else(|| {
-            Refusal::new(
-                500,
-                format!("services.{service} is not a table in the file"),
-            )
-        })?;
+    let table = service_table(doc, service)?;
     let mut wanted: Vec<(String, i64)> = known.pools.iter().map(|p| (p.name.clone(), 0)).collect();
     for (pool, share) in shares {
         match wanted.iter_mut().find(|(name, _)| name == pool) {

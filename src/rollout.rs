@@ -702,16 +702,7 @@ fn split_matches(service: &ServiceRt, plan: &Rollout) -> bool {
 
 /// The `[services.NAME.rollout]` table of `doc`, made if missing.
 fn rollout_table<'d>(doc: &'d mut DocumentMut, service: &str) -> Result<&'d mut Table, Refusal> {
-    let svc = doc
-        .get_mut("services")
-        .and_then(|s| s.get_mut(service))
-        .and_then(Item::as_table_mut)
-        .ok_or_else(|| {
-            Refusal::new(
-                500,
-                format!("services.{service} is not a table in the file"),
-            )
-        })?;
+    let svc = crate::control::service_table(doc, service)?;
     if svc.get("rollout").is_none() {
         svc.insert("rollout", Item::Table(Table::new()));
     }

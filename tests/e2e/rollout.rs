@@ -424,21 +424,7 @@ async fn sticky_clients_only_move_toward_the_canary_as_the_rollout_steps() {
             on_green += usize::from(pool == "green");
             last[i] = pool;
         }
-        // Each client is where its own bucket says, exactly; and the
-        // buckets, drawn at random, put about the step's share there.
-        let expected = cookies
-            .iter()
-            .filter(|c| crate::sticky::bucket_share(c) >= 100 - share)
-            .count();
-        assert_eq!(
-            on_green, expected,
-            "clients follow their buckets at {share}%"
-        );
-        let observed = 100.0 * on_green as f64 / clients as f64;
-        assert!(
-            (observed - f64::from(share)).abs() <= 10.0,
-            "at {share}% the canary took {observed:.1}% of clients"
-        );
+        crate::sticky::assert_green_follows_buckets(&cookies, on_green, share);
     }
     // A rollback moves everyone back.
     let (status, _) = call(

@@ -38,6 +38,25 @@ pub(crate) async fn get(addr: SocketAddr, headers: &[(&str, String)]) -> (String
 /// of the bucket space: the pools' shares are laid end to end in name
 /// order, so with blue and green a client is on green when this is at
 /// least blue's share.
+/// Each client is where its own bucket says, exactly (`on_green` of the
+/// clients holding `cookies` are on green at `share`%); and the buckets,
+/// drawn at random, put about the share there.
+pub(crate) fn assert_green_follows_buckets(cookies: &[String], on_green: usize, share: u32) {
+    let expected = cookies
+        .iter()
+        .filter(|c| bucket_share(c) >= 100 - share)
+        .count();
+    assert_eq!(
+        on_green, expected,
+        "clients follow their buckets at {share}%"
+    );
+    let observed = 100.0 * on_green as f64 / cookies.len() as f64;
+    assert!(
+        (observed - f64::from(share)).abs() <= 10.0,
+        "at {share}% the canary took {observed:.1}% of clients"
+    );
+}
+
 pub(crate) fn bucket_share(cookie: &str) -> u32 {
     let hex = cookie.split_once('=').map_or("0", |(_, v)| v);
     let bucket = u32::from_str_radix(hex, 16).unwrap_or(0);
@@ -100,21 +119,7 @@ async fn sticky_clients_only_move_toward_the_canary_as_its_share_rises() {
             on_green += usize::from(pool == "green");
             pools[i].push(pool);
         }
-        // Each client is where its own bucket says, exactly; and the
-        // buckets, drawn at random, put about the share there.
-        let expected = cookies
-            .iter()
-            .filter(|c| bucket_share(c) >= 100 - share)
-            .count();
-        assert_eq!(
-            on_green, expected,
-            "clients follow their buckets at {share}%"
-        );
-        let observed = 100.0 * on_green as f64 / clients as f64;
-        assert!(
-            (observed - f64::from(share)).abs() <= 10.0,
-            "at {share}% the canary took {observed:.1}% of clients"
-        );
+        assert_green_follows_buckets(&cookies, on_green, share);
     }
 }
 
