@@ -2,54 +2,74 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderName, CONNECTION, HOST, UPGRADE};
+use http::header::{
+    HeaderName, CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::HeaderMap;
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Real-IP`.
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) that a proxy never forwards.
 /// `Transfer-Encoding` is not here: the framework re-frames bodies itself.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
 ];
 
 /// Headers a `Connection` token may never remove: they frame the message or
 /// route it, and dropping them would desynchronise or misroute the upstream.
-const PROTECTED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+static PROTECTED: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING];
 
 /// Names of the headers to remove before forwarding a message with
 /// `headers`: the fixed hop-by-hop set, `Upgrade` unless `upgrade` is kept,
 /// and every header named in `Connection`.
+///
+/// One pass over the names the message has, compared with constant names
+/// (no parsing, no allocation when there is nothing to remove): this runs
+/// twice per proxied request.
 pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
     let mut names = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+        }
+        if HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == UPGRADE) {
+            names.push(name.clone());
+        }
+    }
+    if !connection {
+        return names;
+    }
     for value in headers.get_all(CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
             let token = token.trim();
-            if token.is_empty() || PROTECTED.iter().any(|p| token.eq_ignore_ascii_case(p)) {
+            if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
                 continue;
             }
-            if keep_upgrade && token.eq_ignore_ascii_case("upgrade") {
+            // `from_bytes` folds case; names already listed are skipped.
+            let Ok(name) = HeaderName::from_bytes(token.as_bytes()) else {
+                continue;
+            };
+            if PROTECTED.contains(&name) || names.contains(&name) {
                 continue;
             }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                if headers.contains_key(&name) {
-                    names.push(name);
-                }
+            if headers.contains_key(&name) {
+                names.push(name);
             }
         }
-    }
-    for name in HOP_BY_HOP {
-        if headers.contains_key(name) {
-            names.push(HeaderName::from_static(name));
-        }
-    }
-    if !keep_upgrade && headers.contains_key(UPGRADE) {
-        names.push(UPGRADE);
     }
     names
 }
@@ -80,7 +100,7 @@ pub fn client_ip(
     }
     let mut client = peer;
     let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -102,7 +122,7 @@ pub fn client_ip(
 /// what it sent (every such header, in order) with `client` appended.
 pub fn forwarded_for(headers: &HeaderMap, client: &str) -> String {
     let mut value = String::with_capacity(client.len() + 16);
-    for prior in headers.get_all("x-forwarded-for") {
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(prior) = prior.to_str() {
             let prior = prior.trim();
             if !prior.is_empty() {
@@ -113,6 +133,35 @@ pub fn forwarded_for(headers: &HeaderMap, client: &str) -> String {
     }
     value.push_str(client);
     value
+}
+
+/// An address as a header value. IPv4, the common case, is written by hand:
+/// the formatting machinery costs more than the rest of the header.
+pub fn ip_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return http::HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+    };
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    http::HeaderValue::from_bytes(&buf[..len])
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 /// The host a request is for, from the request target's authority (absolute
@@ -194,6 +243,26 @@ mod tests {
         assert!(is_upgrade_request(&h));
         let names = hop_by_hop_names(&h, true);
         assert!(!names.contains(&UPGRADE));
+    }
+
+    #[test]
+    fn ip_values_read_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::17",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().expect("ip");
+            assert_eq!(
+                ip_value(parsed).to_str().expect("ascii"),
+                parsed.to_string()
+            );
+        }
     }
 
     #[test]

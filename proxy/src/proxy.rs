@@ -577,9 +577,10 @@ impl ProxyHttp for Proxy {
                 upstream_request.insert_header("x-forwarded-for", xff)?;
             } else {
                 // What an untrusted client says about addresses is not passed on.
-                upstream_request.insert_header("x-forwarded-for", peer.to_string())?;
-                upstream_request.remove_header("forwarded");
-                upstream_request.remove_header("x-real-ip");
+                upstream_request
+                    .insert_header("x-forwarded-for", crate::headers::ip_value(peer))?;
+                upstream_request.remove_header(&http::header::FORWARDED);
+                upstream_request.remove_header(&crate::headers::X_REAL_IP);
             }
         }
         if let Some(id) = &ctx.request_id {
@@ -756,7 +757,7 @@ impl ProxyHttp for Proxy {
 /// The client's `X-Request-Id` when it is a sane token (1 to 128 visible
 /// ASCII characters), else a new random one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get("x-request-id") {
+    if let Some(id) = headers.get(&crate::headers::X_REQUEST_ID) {
         let b = id.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
             return id.clone();
