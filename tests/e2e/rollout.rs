@@ -385,15 +385,30 @@ async fn sticky_clients_only_move_toward_the_canary_as_the_rollout_steps() {
         plan("steps = [5, 25, 50, 100]\nstep_duration = \"1h\"\nmin_requests = 1000")
     );
     let proxy = admin_proxy(blue.addr, green.addr, &extra).await;
-    let split_is = |green_share: u32| {
-        let body = proxy.body_now();
-        body.contains(&format!("green = {green_share}"))
+    let admin = proxy.admin.expect("admin");
+    // The split the proxy serves (the file is written just before the new
+    // split is swapped in, so the file alone can be a moment early).
+    let split_is = |green_share: u32| async move {
+        let (_, status) = call(
+            admin,
+            "GET",
+            "/api/v1/status",
+            Some(WRITE_TOKEN),
+            None,
+            None,
+        )
+        .await;
+        status["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "shop")
+            .flat_map(|s| s["pools"].as_array().into_iter().flatten())
+            .any(|p| p["name"] == "green" && p["share"] == green_share)
     };
-    eventually(
-        Duration::from_secs(10),
-        "the first step's split",
-        || async { split_is(5) },
-    )
+    eventually(Duration::from_secs(10), "the first step's split", || {
+        split_is(5)
+    })
     .await;
     let clients = 400;
     let mut cookies = Vec::new();
@@ -408,7 +423,7 @@ async fn sticky_clients_only_move_toward_the_canary_as_the_rollout_steps() {
             .body_now()
             .replace(&format!("step = {}", step - 1), &format!("step = {step}"));
         proxy.write_in_place(&proxy.config_text(&body));
-        eventually(Duration::from_secs(10), "the next step's split", || async {
+        eventually(Duration::from_secs(10), "the next step's split", || {
             split_is(share)
         })
         .await;
