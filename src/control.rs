@@ -442,10 +442,8 @@ impl Control for Controller {
                 if drain {
                     list.push(addr);
                 }
-                let table = doc
-                    .get_mut("services")
-                    .and_then(|s| s.get_mut(service))
-                    .and_then(|s| s.get_mut("pools"))
+                let table = service_table(doc, service)?
+                    .get_mut("pools")
                     .and_then(|p| p.get_mut(pool))
                     .and_then(Item::as_table_like_mut)
                     .ok_or_else(|| {
