@@ -115,3 +115,73 @@ async fn upstream_connections_are_reused() {
         up.connections()
     );
 }
+
+/// A backend that answers one request per connection and then, while the
+/// connection sits idle in the proxy's pool, closes it as a backend does
+/// when its keep-alive timeout ends. For each connection it reports
+/// whether the proxy closed its side in turn.
+async fn closing_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            connections.spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The proxy returns the connection to its pool; then the
+                // backend's keep-alive timeout ends.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if conn.shutdown().await.is_err() {
+                    return;
+                }
+                let proxy_closed = matches!(
+                    tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await,
+                    Ok(Ok(0))
+                );
+                let _ = closed_tx.send(proxy_closed);
+            });
+        }
+    });
+    (addr, closed_rx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_the_backend_closed_is_closed_and_not_reused() {
+    let (addr, mut closed, backend) = closing_backend().await;
+    let proxy = Proxy::start(&one_service(addr)).await;
+    let client = Client::new();
+    for round in 0..2 {
+        let reply = client.get(&proxy.url("/"), None).await.expect("reply");
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.body);
+        // The proxy notices the close of an idle connection on its own,
+        // without a request to take it, and closes its side too.
+        let proxy_closed = tokio::time::timeout(Duration::from_secs(15), closed.recv())
+            .await
+            .expect("the backend closed the idle connection")
+            .expect("backend running");
+        assert!(
+            proxy_closed,
+            "round {round}: the proxy kept a connection the backend closed"
+        );
+    }
+    backend.abort();
+}

@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod idle;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -30,26 +31,26 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_pool::{ConnectionMeta, ConnectionPool};
+use idle::{Idle, IdlePool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
+/// An HTTP/2 connection in its keep-alive pool, and since when it is idle.
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
-    connection: ConnectionMeta,
+    connection: pingora_pool::ConnectionMeta,
     idle_since: Instant,
 }
 
 impl IdleConnection {
-    pub(crate) fn new(connection: ConnectionMeta) -> Self {
+    pub(crate) fn new(connection: pingora_pool::ConnectionMeta) -> Self {
         Self {
             connection,
             idle_since: Instant::now(),
@@ -170,7 +171,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    idle: Arc<IdlePool>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -203,7 +204,7 @@ impl TransportConnector {
             .and_then(|o| o.keepalive_pool_callback.clone());
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
-            connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            idle: Arc::new(IdlePool::new(pool_size)),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -248,58 +249,24 @@ impl TransportConnector {
     }
 
     /// Try to find a reusable connection to the given server [Peer]
+    ///
+    /// Idle connections that the server closed, that hold unexpected data or
+    /// that have been idle for their whole idle timeout are closed and the
+    /// next one is tried.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
-                }
+        let key = peer.reuse_hash();
+        while let Some(mut idle) = self.idle.take(key) {
+            let now = Instant::now();
+            if !idle.expired(now)
+                && stream_matches_peer(&idle.stream, peer)
+                && test_reusable_stream(&mut idle.stream, &self.unexpected_data_conn_count)
+            {
+                return Some(idle.stream);
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
-            }
+            self.closed_idle(&idle, now);
         }
+        debug!("No reusable connection found for {peer}");
+        None
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
@@ -318,32 +285,31 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
-        debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
+        if let Some(evicted) = self.idle.put(key, Idle::new(stream, idle_timeout)) {
+            self.closed_idle(&evicted, Instant::now());
+        }
+        self.idle.ensure_sweeper(|| {
+            let unexpected = self.unexpected_data_conn_count.clone();
+            let callback = self.keepalive_pool_callback.clone();
+            move |pool: &IdlePool| {
+                let now = Instant::now();
+                let removed = pool.remove_unless(|idle| {
+                    !idle.expired(now) && test_reusable_stream(&mut idle.stream, &unexpected)
+                });
+                if let Some(callback) = &callback {
+                    for idle in &removed {
+                        callback(idle.idle_for(now));
+                    }
                 }
             }
         });
+    }
+
+    /// An idle connection leaves the pool without being reused.
+    fn closed_idle(&self, idle: &Idle, now: Instant) {
+        if let Some(callback) = &self.keepalive_pool_callback {
+            callback(idle.idle_for(now));
+        }
     }
 
     /// Get a stream to the given server [Peer]
@@ -470,6 +436,33 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled stream is connected to the peer.
+///
+/// The address the stream was connected to is recorded when it is made, so
+/// the common case costs no system call; a stream without that record is
+/// checked against the socket itself.
+fn stream_matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    let recorded = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr.get().cloned());
+    match recorded {
+        Some(Some(addr)) => &addr == peer.address(),
+        #[cfg(unix)]
+        _ => peer.matches_fd(stream.id()),
+        #[cfg(windows)]
+        _ => {
+            use std::os::windows::io::RawSocket;
+            struct WrappedRawSocket(RawSocket);
+            impl std::os::windows::io::AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
+                }
+            }
+            peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+        }
+    }
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
