@@ -421,19 +421,34 @@ where
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
                         if client_reuse {
+                            // A keep-alive connection goes back to the pool
+                            // without waiting; only one to shut down waits,
+                            // in a future boxed apart.
                             let session = ClientSession::H1(h1);
-                            self.client_upstream
-                                .release_http_session(session, &*peer, peer.idle_timeout())
+                            let idle = peer.idle_timeout();
+                            if let Some(session) = self
+                                .client_upstream
+                                .try_release_http_session(session, &*peer, idle)
+                            {
+                                Box::pin(
+                                    self.client_upstream
+                                        .release_http_session(session, &*peer, idle),
+                                )
                                 .await;
+                            }
                         }
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
                         // Boxed: the HTTP/2 upstream state is several times the size of
                         // the HTTP/1 one, and every request's future would carry it.
-                        let (server_reused, mut error) = Box::pin(
-                            self.proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx),
-                        )
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
                         .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
@@ -553,7 +568,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1206,7 +1221,7 @@ where
                     }
                     return session
                         .downstream_session
-                        .finish()
+                        .finish_boxed()
                         .await
                         .ok()
                         .flatten()
@@ -1404,7 +1419,7 @@ where
             }
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()

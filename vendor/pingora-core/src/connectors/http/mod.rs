@@ -67,6 +67,25 @@ where
         &self,
         peer: &P,
     ) -> Result<(HttpSession<C::Session>, bool)> {
+        let custom = peer
+            .get_peer_options()
+            .is_some_and(|o| matches!(o.alpn, ALPN::Custom(_)));
+        let h1_only = peer
+            .get_peer_options()
+            .is_none_or(|o| o.alpn.get_max_http_version() == 1);
+        if h1_only && !custom {
+            let (h1, reused) = self.h1.get_http_session(peer).await?;
+            return Ok((HttpSession::H1(h1), reused));
+        }
+        // Boxed apart: an HTTP/1-only request carries no room for the
+        // HTTP/2 and custom-protocol connection paths.
+        Box::pin(self.get_http_session_any(peer)).await
+    }
+
+    async fn get_http_session_any<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(HttpSession<C::Session>, bool)> {
         let peer_opts = peer.get_peer_options();
 
         // Switch to custom protocol as early as possible
@@ -129,6 +148,24 @@ where
             }
             let session = self.h2.new_http_session(peer).await?;
             Ok((session, false))
+        }
+    }
+
+    /// Return an HTTP/1 keep-alive session's connection to the pool without
+    /// waiting. Any other session is handed back, for
+    /// [`Self::release_http_session`].
+    pub fn try_release_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        session: HttpSession<C::Session>,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<HttpSession<C::Session>> {
+        match session {
+            HttpSession::H1(h1) => self
+                .h1
+                .try_release_http_session(h1, peer, idle_timeout)
+                .map(HttpSession::H1),
+            other => Some(other),
         }
     }
 

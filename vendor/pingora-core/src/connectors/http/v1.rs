@@ -50,6 +50,26 @@ impl Connector {
         Some(http)
     }
 
+    /// Return a keep-alive session's connection to the pool without
+    /// waiting. A session that has to be shut down instead is handed back,
+    /// for [`Self::release_http_session`].
+    pub fn try_release_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        mut session: HttpSession,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) -> Option<HttpSession> {
+        session.respect_keepalive();
+        match session.into_reusable_stream() {
+            Ok(stream) => {
+                self.transport
+                    .release_stream(stream, peer.reuse_hash(), idle_timeout);
+                None
+            }
+            Err(session) => Some(session),
+        }
+    }
+
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         mut session: HttpSession,

@@ -265,6 +265,26 @@ impl Session {
     /// otherwise None.
     /// For H2, always return None because H2 stream is not reusable.
     /// For subrequests, there is no true underlying stream to return.
+    /// [`Self::finish`] for a boxed session. An HTTP/1 session that is kept
+    /// alive is finished without moving it out of its box while waiting, so
+    /// the future is small; other cases take the general path, boxed apart.
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        let immediate = match self.as_mut() {
+            Self::H1(s) => {
+                // need to flush body due to buffering
+                s.finish_body().await?;
+                s.reuse_is_immediate()
+            }
+            _ => return Box::pin((*self).finish()).await,
+        };
+        match *self {
+            Self::H1(s) if immediate => s.reuse_now(),
+            Self::H1(s) => Box::pin(s.reuse()).await,
+            // Not reached: the session was HTTP/1 above.
+            _ => Ok(None),
+        }
+    }
+
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
         match self {
             Self::H1(mut s) => {

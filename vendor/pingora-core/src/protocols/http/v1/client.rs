@@ -657,6 +657,21 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
+    /// The underlying stream, when the connection can be kept alive; the
+    /// session itself otherwise (it needs [`Self::reuse`] to shut down).
+    ///
+    /// Unlike `reuse`, this does not wait, so a caller releasing a
+    /// keep-alive connection carries no room for a shutdown.
+    pub fn into_reusable_stream(mut self) -> std::result::Result<Stream, Self> {
+        if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
+            self.set_keepalive(None);
+        }
+        match self.keepalive_timeout {
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
+        }
+    }
+
     pub async fn reuse(mut self) -> Option<Stream> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);

@@ -1447,6 +1447,33 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
+    /// Whether [`Self::reuse`] would finish without waiting: the connection
+    /// is kept alive and the request body is already read.
+    pub fn reuse_is_immediate(&mut self) -> bool {
+        self.will_keepalive() && self.is_body_done()
+    }
+
+    /// [`Self::reuse`] for a session where [`Self::reuse_is_immediate`]
+    /// holds, without a future that has to carry the whole session.
+    pub fn reuse_now(mut self) -> Result<Option<ReusableHttpStream>> {
+        if !self.reuse_is_immediate() {
+            return Ok(None);
+        }
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            return Ok(None);
+        }
+        let pipelined_prefix = self
+            .pipelining_enabled
+            .then(|| self.take_body_overread())
+            .flatten()
+            .filter(|prefix| !prefix.is_empty());
+        Ok(Some(ReusableHttpStream::new(
+            self.underlying_stream,
+            pipelined_prefix,
+        )))
+    }
+
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
