@@ -28,7 +28,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use switchyard_certs::ChallengeStore;
 use switchyard_config::Sticky;
 
-use crate::headers::{forwarded_for, hop_by_hop_names, is_upgrade_request, request_host};
+use crate::headers::{
+    forwarded_for, hop_by_hop_names, is_upgrade_request, request_host, X_FORWARDED_FOR,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use crate::snapshot::{ServiceRt, Snapshot};
 
 /// The shared, swappable pointer to the current config generation.
@@ -574,19 +577,23 @@ impl ProxyHttp for Proxy {
             let trusted = &ctx.snapshot.http.trusted_proxies;
             if trusted.iter().any(|c| c.contains(peer)) {
                 let xff = forwarded_for(&upstream_request.headers, &peer.to_string());
-                upstream_request.insert_header("x-forwarded-for", xff)?;
+                upstream_request.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", xff)?;
             } else {
                 // What an untrusted client says about addresses is not passed on.
-                upstream_request
-                    .insert_header("x-forwarded-for", crate::headers::ip_value(peer))?;
+                upstream_request.insert_parsed_header(
+                    &X_FORWARDED_FOR,
+                    "x-forwarded-for",
+                    crate::headers::ip_value(peer),
+                )?;
                 upstream_request.remove_header(&http::header::FORWARDED);
                 upstream_request.remove_header(&crate::headers::X_REAL_IP);
             }
         }
         if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header("x-request-id", id.clone())?;
+            upstream_request.insert_parsed_header(&X_REQUEST_ID, "x-request-id", id.clone())?;
         }
-        upstream_request.insert_header(
+        upstream_request.insert_parsed_header(
+            &X_FORWARDED_PROTO,
             "x-forwarded-proto",
             HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
         )?;
@@ -596,7 +603,7 @@ impl ProxyHttp for Proxy {
             None => upstream_request.headers.get(http::header::HOST).cloned(),
         };
         if let Some(host) = host {
-            upstream_request.insert_header("x-forwarded-host", host)?;
+            upstream_request.insert_parsed_header(&X_FORWARDED_HOST, "x-forwarded-host", host)?;
         }
         Ok(())
     }
@@ -634,7 +641,11 @@ impl ProxyHttp for Proxy {
         }
         if ctx.tls {
             if let Some(hsts) = &ctx.snapshot.hsts {
-                upstream_response.insert_header("strict-transport-security", hsts.clone())?;
+                upstream_response.insert_parsed_header(
+                    &http::header::STRICT_TRANSPORT_SECURITY,
+                    "strict-transport-security",
+                    hsts.clone(),
+                )?;
             }
         }
         let switching = upstream_response.status.as_u16() == 101;
