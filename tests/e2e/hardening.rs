@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Client, Proxy, ProxyOptions, Upstream};
+use crate::harness::{read_head, Client, Proxy, ProxyOptions, Upstream};
 
 /// Sends `raw`, reads until the proxy closes (or 5 s pass); returns what
 /// came back and whether the connection was closed.
@@ -500,14 +500,9 @@ async fn scripted_upstream(
             };
             let log = log.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut tcp).await else {
+                    return;
+                };
                 let first = String::from_utf8_lossy(&head)
                     .lines()
                     .next()

@@ -48,6 +48,21 @@ where
 }
 
 /// A loopback port no other test in this run was given.
+/// Reads from a raw connection until a whole HTTP head has arrived and
+/// returns what was read; `None` if the peer closed or failed first.
+pub async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed = HANDED_OUT.get_or_init(Default::default);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Client, Proxy, Upstream};
+use crate::harness::{read_head, Client, Proxy, Upstream};
 
 fn one_service(addr: std::net::SocketAddr) -> String {
     format!("[[routes]]\nservice = \"s\"\n\n[services.s.pools.main]\nbackends = [\"{addr}\"]\n")
@@ -135,13 +135,8 @@ async fn closing_backend() -> (
         while let Ok((mut conn, _)) = listener.accept().await {
             let closed_tx = closed_tx.clone();
             connections.spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
+                if read_head(&mut conn).await.is_none() {
+                    return;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                 if conn.write_all(answer).await.is_err() {
@@ -153,6 +148,7 @@ async fn closing_backend() -> (
                 if conn.shutdown().await.is_err() {
                     return;
                 }
+                let mut chunk = [0u8; 64];
                 let proxy_closed = matches!(
                     tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await,
                     Ok(Ok(0))

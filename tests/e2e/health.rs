@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{free_port, tally, Client, HealthMode, Proxy, Upstream};
+use crate::harness::{free_port, read_head, tally, Client, HealthMode, Proxy, Upstream};
 
 /// Fast active checks: a dead backend is out after 2 failed probes.
 const FAST_CHECKS: &str = r#"
@@ -420,7 +420,7 @@ async fn slow_start_ramps_a_returning_backend_up() {
 /// A backend that answers one request per connection and then closes it,
 /// without saying so: the proxy pools connections the backend has closed.
 async fn closing_backend(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -431,13 +431,8 @@ async fn closing_backend(name: &'static str) -> (SocketAddr, tokio::task::JoinHa
                 continue;
             };
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let body = format!("{name}\n");
                 let _ = s
