@@ -58,6 +58,12 @@ impl Idle {
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.timeout.is_some_and(|t| self.idle_for(now) >= t)
     }
+
+    /// [`Self::expired`] now; the clock is read only when there is an
+    /// idle timeout.
+    pub(crate) fn expired_now(&self) -> bool {
+        self.timeout.is_some_and(|t| self.since.elapsed() >= t)
+    }
 }
 
 #[derive(Default)]

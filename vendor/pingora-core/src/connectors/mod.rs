@@ -256,14 +256,13 @@ impl TransportConnector {
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         let key = peer.reuse_hash();
         while let Some(mut idle) = self.idle.take(key) {
-            let now = Instant::now();
-            if !idle.expired(now)
+            if !idle.expired_now()
                 && stream_matches_peer(&idle.stream, peer)
                 && test_reusable_stream(&mut idle.stream, &self.unexpected_data_conn_count)
             {
                 return Some(idle.stream);
             }
-            self.closed_idle(&idle, now);
+            self.closed_idle(&idle);
         }
         debug!("No reusable connection found for {peer}");
         None
@@ -286,7 +285,7 @@ impl TransportConnector {
             return;
         }
         if let Some(evicted) = self.idle.put(key, Idle::new(stream, idle_timeout)) {
-            self.closed_idle(&evicted, Instant::now());
+            self.closed_idle(&evicted);
         }
         self.idle.ensure_sweeper(|| {
             let unexpected = self.unexpected_data_conn_count.clone();
@@ -306,9 +305,9 @@ impl TransportConnector {
     }
 
     /// An idle connection leaves the pool without being reused.
-    fn closed_idle(&self, idle: &Idle, now: Instant) {
+    fn closed_idle(&self, idle: &Idle) {
         if let Some(callback) = &self.keepalive_pool_callback {
-            callback(idle.idle_for(now));
+            callback(idle.idle_for(Instant::now()));
         }
     }
 
