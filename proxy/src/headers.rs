@@ -43,13 +43,25 @@ static PROTECTED: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING];
 /// (no parsing, no allocation when there is nothing to remove): this runs
 /// twice per proxied request.
 pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    hop_by_hop_names_and(headers, keep_upgrade, &[])
+}
+
+/// [`hop_by_hop_names`], plus those of `also` the message has: the same
+/// pass finds them, so a caller removes only headers that are there
+/// (removing an absent one still hashes its name into both header maps).
+pub fn hop_by_hop_names_and(
+    headers: &HeaderMap,
+    keep_upgrade: bool,
+    also: &[&HeaderName],
+) -> Vec<HeaderName> {
     let mut names = Vec::new();
     let mut connection = false;
     for name in headers.keys() {
         if *name == CONNECTION {
             connection = true;
         }
-        if HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == UPGRADE) {
+        if HOP_BY_HOP.contains(name) || (!keep_upgrade && *name == UPGRADE) || also.contains(&name)
+        {
             names.push(name.clone());
         }
     }
@@ -60,7 +72,14 @@ pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderNa
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
             let token = token.trim();
-            if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
+            if token.is_empty()
+                || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
+                // Listed by the pass above when present (`keep-alive`, ...).
+                || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                // Most tokens (`close`) name no header the message has:
+                // looked up without building a name.
+                || !headers.contains_key(token)
+            {
                 continue;
             }
             // `from_bytes` folds case; names already listed are skipped.
@@ -70,9 +89,7 @@ pub fn hop_by_hop_names(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderNa
             if PROTECTED.contains(&name) || names.contains(&name) {
                 continue;
             }
-            if headers.contains_key(&name) {
-                names.push(name);
-            }
+            names.push(name);
         }
     }
     names
@@ -239,6 +256,23 @@ mod tests {
             names,
             vec!["connection", "keep-alive", "te", "upgrade", "x-secret"]
         );
+    }
+
+    #[test]
+    fn also_names_are_listed_only_when_present() {
+        let h = map(&[
+            ("connection", "close, X-Gone"),
+            ("x-gone", "1"),
+            ("forwarded", "for=192.0.2.1"),
+            ("x-kept", "1"),
+        ]);
+        let mut names: Vec<String> =
+            hop_by_hop_names_and(&h, false, &[&http::header::FORWARDED, &X_REAL_IP])
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+        names.sort();
+        assert_eq!(names, vec!["connection", "forwarded", "x-gone"]);
     }
 
     #[test]

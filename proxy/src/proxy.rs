@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -29,8 +29,8 @@ use switchyard_certs::ChallengeStore;
 use switchyard_config::Sticky;
 
 use crate::headers::{
-    forwarded_for, hop_by_hop_names, is_upgrade_request, request_host, X_FORWARDED_FOR,
-    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    forwarded_for, hop_by_hop_names, hop_by_hop_names_and, is_upgrade_request, request_host,
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::snapshot::{ServiceRt, Snapshot};
 
@@ -566,27 +566,39 @@ impl ProxyHttp for Proxy {
             }
         }
         let upgrade = is_upgrade_request(&upstream_request.headers);
-        for name in hop_by_hop_names(&upstream_request.headers, upgrade) {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = peer.is_some_and(|ip| {
+            ctx.snapshot
+                .http
+                .trusted_proxies
+                .iter()
+                .any(|c| c.contains(ip))
+        });
+        // What an untrusted client says about addresses is not passed on;
+        // the hop-by-hop pass finds those headers if the request has them.
+        let untrusted_claims: &[&HeaderName] = if peer.is_some() && !trusted {
+            &[&http::header::FORWARDED, &crate::headers::X_REAL_IP]
+        } else {
+            &[]
+        };
+        for name in hop_by_hop_names_and(&upstream_request.headers, upgrade, untrusted_claims) {
             upstream_request.remove_header(&name);
         }
         if upgrade {
             upstream_request.insert_header("connection", "upgrade")?;
         }
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-            let peer = peer.ip();
-            let trusted = &ctx.snapshot.http.trusted_proxies;
-            if trusted.iter().any(|c| c.contains(peer)) {
+        // The four inserts below grow the header maps once, not per insert.
+        upstream_request.reserve_headers(4);
+        if let Some(peer) = peer {
+            if trusted {
                 let xff = forwarded_for(&upstream_request.headers, &peer.to_string());
                 upstream_request.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", xff)?;
             } else {
-                // What an untrusted client says about addresses is not passed on.
-                upstream_request.insert_parsed_header(
-                    &X_FORWARDED_FOR,
-                    "x-forwarded-for",
-                    crate::headers::ip_value(peer),
-                )?;
-                upstream_request.remove_header(&http::header::FORWARDED);
-                upstream_request.remove_header(&crate::headers::X_REAL_IP);
+                let xff = crate::headers::ip_value(peer);
+                upstream_request.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", xff)?;
             }
         }
         if let Some(id) = &ctx.request_id {

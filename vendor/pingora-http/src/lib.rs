@@ -211,10 +211,17 @@ impl RequestHeader {
         )
     }
 
-    /// Insert the header name and value to `self`.
-    ///
-    /// Different from [Self::append_header()], this method will replace all other existing headers
-    /// under the same name (case-insensitive).
+    /// Make room for `additional` more headers in one step, so a caller
+    /// about to insert several does not grow the header maps (and the case
+    /// map) more than once. Best effort: past the maps' limit it does
+    /// nothing and the inserts grow the maps as usual.
+    pub fn reserve_headers(&mut self, additional: usize) {
+        let _ = self.base.headers.try_reserve(additional);
+        if let Some(map) = self.header_name_map.as_mut() {
+            let _ = map.try_reserve(additional);
+        }
+    }
+
     /// Insert a header whose name is already parsed, written on the wire as
     /// `case`. Unlike [`Self::insert_header`], the name is neither parsed
     /// nor copied: a name built once (`HeaderName::from_static`) costs
@@ -238,6 +245,10 @@ impl RequestHeader {
         Ok(())
     }
 
+    /// Insert the header name and value to `self`.
+    ///
+    /// Different from [Self::append_header()], this method will replace all other existing headers
+    /// under the same name (case-insensitive).
     pub fn insert_header(
         &mut self,
         name: impl IntoCaseHeaderName,
@@ -588,10 +599,6 @@ impl ResponseHeader {
         )
     }
 
-    /// Insert the header name and value to `self`.
-    ///
-    /// Different from [Self::append_header()], this method will replace all other existing headers
-    /// under the same name (case insensitive).
     /// Insert a header whose name is already parsed, written on the wire as
     /// `case`. Unlike [`Self::insert_header`], the name is neither parsed
     /// nor copied: a name built once (`HeaderName::from_static`) costs
@@ -615,6 +622,10 @@ impl ResponseHeader {
         Ok(())
     }
 
+    /// Insert the header name and value to `self`.
+    ///
+    /// Different from [Self::append_header()], this method will replace all other existing headers
+    /// under the same name (case-insensitive).
     pub fn insert_header(
         &mut self,
         name: impl IntoCaseHeaderName,

@@ -352,20 +352,15 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    Box::pin(Self::refuse_request(downstream_session, Some(400))).await;
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
+                    Box::pin(Self::refuse_request(downstream_session, None)).await;
                 }
-                downstream_session.shutdown().await;
                 return None;
             }
         }
@@ -385,16 +380,25 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
+            Box::pin(Self::refuse_request(downstream_session, Some(405))).await;
+            return None;
+        }
+        Some(downstream_session)
+    }
+
+    /// Switchyard: the refusals of `handle_new_request`, boxed apart so the
+    /// future that waits for a connection's next request (held by every
+    /// idle keep-alive connection) does not keep room for them.
+    async fn refuse_request(mut downstream_session: Box<HttpSession>, status: Option<u16>) {
+        if let Some(status) = status {
             downstream_session
-                .respond_error(405)
+                .respond_error(status)
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
                 });
-            downstream_session.shutdown().await;
-            return None;
         }
-        Some(downstream_session)
+        downstream_session.shutdown().await;
     }
 
     // return bool: server_session can be reused, and error if any
@@ -1580,44 +1584,55 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Switchyard: written out instead of `async fn` so the session is boxed
+    // before the future is made; the future then holds the box (8 bytes)
+    // instead of the session twice (as its argument and its local, 680
+    // bytes each), for every connection waiting for its next request.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: HttpSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
         let session = Box::new(session);
 
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
+        Box::pin(async move {
+            // TODO: keepalive pool, use stack
+            let mut session = match self.handle_new_request(session).await {
+                Some(downstream_session) => Session::new(
+                    downstream_session,
+                    &self.downstream_modules,
+                    #[cfg(feature = "upstream_modules")]
+                    &self.upstream_modules,
+                    self.shutdown_flag.clone(),
+                ),
+                None => return None, // bad request
+            };
 
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
+            if *shutdown.borrow() {
+                // stop downstream from reusing if this service is shutting down soon
+                session.set_keepalive(None);
+            }
 
-        let mut ctx = self.inner.new_ctx();
+            let mut ctx = self.inner.new_ctx();
 
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
+            // Deliver user context from the previous request on this reused connection
+            if let Some(prev_ctx) = prev_user_ctx {
+                self.inner
+                    .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+            }
 
-        // Boxed apart: a connection waiting for its next request holds only
-        // the small future above, not the state of a whole proxied request.
-        Box::pin(self.process_request(session, ctx)).await
+            // Boxed apart: a connection waiting for its next request holds only
+            // the small future above, not the state of a whole proxied request.
+            Box::pin(self.process_request(session, ctx)).await
+        })
     }
 
     async fn http_cleanup(&self) {

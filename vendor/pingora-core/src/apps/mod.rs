@@ -212,6 +212,32 @@ impl ReusedHttpStream {
     }
 }
 
+/// Switchyard: the first HTTP/1 session of a connection: keep-alive on
+/// (60 s) unless the service is shutting down.
+fn first_h1_session(stream: Stream, shutting_down: bool, reuses: Option<u32>) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    if shutting_down {
+        // stop downstream from reusing if this service is shutting down soon
+        session.set_keepalive(None);
+    } else {
+        // default 60s
+        session.set_keepalive(Some(60));
+    }
+    session.set_keepalive_reuses_remaining(reuses);
+    session
+}
+
+/// Switchyard: the next HTTP/1 session of a kept-alive connection, with the
+/// settings the previous one handed on.
+fn next_h1_session(reused: ReusedHttpStream) -> ServerSession {
+    let (stream, persistent_settings) = reused.consume();
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(persistent_settings) = persistent_settings {
+        persistent_settings.apply_to_session(&mut session);
+    }
+    session
+}
+
 /// This trait defines the interface of an HTTP application.
 #[async_trait]
 pub trait HttpServerApp {
@@ -350,27 +376,20 @@ where
             return Box::pin(self.clone().process_custom_session(stream, shutdown)).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-
-                result = self.process_new_http(session, shutdown).await;
+            // Switchyard: sessions are built by plain functions and passed
+            // straight in, so this future (held by every HTTP/1 connection
+            // for its life) keeps no room for them (680 bytes each).
+            let reuses = self
+                .server_options()
+                .and_then(|opts| opts.keepalive_request_limit);
+            let shutting_down = *shutdown.borrow();
+            let mut result = self
+                .process_new_http(first_h1_session(stream, shutting_down, reuses), shutdown)
+                .await;
+            while let Some(reused) = result {
+                result = self
+                    .process_new_http(next_h1_session(reused), shutdown)
+                    .await;
             }
         }
         None

@@ -31,6 +31,25 @@ use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::{BufRef, KVRef};
 
+/// Switchyard: `timeout(t, fut)` that makes no timer and reads no clock
+/// when `fut` is ready on its first poll (most request writes, and body
+/// reads whose bytes came with the response head); the timer starts when
+/// the operation has to wait, as with `timeout`.
+async fn timeout_if_waits<F: std::future::Future>(
+    t: Duration,
+    fut: F,
+) -> std::result::Result<F::Output, pingora_timeout::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    if let std::task::Poll::Ready(out) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(fut.as_mut(), cx))
+    })
+    .await
+    {
+        return Ok(out);
+    }
+    timeout(t, fut).await
+}
+
 /// The HTTP 1.x client session
 pub struct HttpSession {
     buf: Bytes,
@@ -132,7 +151,7 @@ impl HttpSession {
 
         let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
         match self.write_timeout {
-            Some(t) => match timeout(t, write_fut).await {
+            Some(t) => match timeout_if_waits(t, write_fut).await {
                 Ok(res) => res,
                 Err(_) => Err(std::io::Error::from(ErrorKind::TimedOut)),
             },
@@ -173,7 +192,7 @@ impl HttpSession {
     pub async fn write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
         // TODO: verify that request header is sent already
         match self.write_timeout {
-            Some(t) => match timeout(t, self.do_write_body(buf)).await {
+            Some(t) => match timeout_if_waits(t, self.do_write_body(buf)).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
             },
@@ -389,7 +408,7 @@ impl HttpSession {
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
             let read_result = match self.read_timeout {
-                Some(t) => match timeout(t, read_fut).await {
+                Some(t) => match timeout_if_waits(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
                         return self.fail_response_header_read(Error::explain(
@@ -478,7 +497,7 @@ impl HttpSession {
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
         let result = match self.read_timeout {
-            Some(t) => match timeout(t, self.do_read_body()).await {
+            Some(t) => match timeout_if_waits(t, self.do_read_body()).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
             },
