@@ -169,7 +169,12 @@ pub fn run(
     );
     let mut proxy = pingora::services::listening::Service::new(
         "switchyard proxy".into(),
-        HeadDeadline::new(app, snapshot.clone(), config.listen.proxy_protocol),
+        HeadDeadline::new(
+            app,
+            snapshot.clone(),
+            config.listen.proxy_protocol,
+            in_flight.clone(),
+        ),
     );
     if let Some(http) = config.listen.http {
         proxy.add_listener(
@@ -389,18 +394,23 @@ impl BackgroundService for ShutdownWatcher {
             grace_period = ?self.grace,
             "shutting down: no new connections; waiting for in-flight requests"
         );
-        // Give connections that were accepted just before the signal a
-        // moment to present their request.
+        // Connections accepted just before the signal get a moment to
+        // start being served (and counted).
         tokio::time::sleep(Duration::from_millis(100)).await;
         loop {
+            // Requests being served, and connections that may still bring
+            // one: a connection accepted just before the signal is read for
+            // up to a second, an idle keep-alive connection is closed then.
             let left = self.in_flight.count();
-            if left == 0 {
+            let open = self.in_flight.connections();
+            if left == 0 && open == 0 {
                 tracing::info!(elapsed = ?started.elapsed(), "all requests done; exiting");
                 std::process::exit(0);
             }
             if started.elapsed() >= self.grace {
                 tracing::warn!(
                     in_flight = left,
+                    connections = open,
                     "grace period over; cutting off the requests still in flight"
                 );
                 std::process::exit(0);

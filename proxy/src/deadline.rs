@@ -13,6 +13,12 @@
 //! line that ends the head; bodies are not timed by it. After a
 //! `101 Switching Protocols` answer the connection is a tunnel and is never
 //! timed again. HTTP/2 connections are left alone.
+//!
+//! A connection that has waited `RELEASE_AFTER` (100 ms) for a head gives
+//! back the buffers it holds while empty (TLS record buffer, write buffer),
+//! by the same timer; a client sending requests back to back never waits
+//! that long. The wrapper also counts the connection as open for the
+//! shutdown, which waits for connections that may still bring a request.
 
 use std::io;
 use std::pin::Pin;
@@ -43,6 +49,8 @@ use crate::SharedSnapshot;
 pub struct HeadDeadline<A> {
     inner: Arc<A>,
     snapshot: SharedSnapshot,
+    /// Open client connections are counted here for the shutdown.
+    in_flight: crate::InFlight,
     proxy_protocol: bool,
     connections: Arc<crate::ratelimit::ConnectionCounts>,
     refused: metrics::Counter,
@@ -51,10 +59,16 @@ pub struct HeadDeadline<A> {
 impl<A> HeadDeadline<A> {
     /// `inner` with the deadline of `http.header_timeout` in the serving
     /// snapshot (read per connection, so a reload applies to new ones).
-    pub fn new(inner: A, snapshot: SharedSnapshot, proxy_protocol: bool) -> Self {
+    pub fn new(
+        inner: A,
+        snapshot: SharedSnapshot,
+        proxy_protocol: bool,
+        in_flight: crate::InFlight,
+    ) -> Self {
         HeadDeadline {
             inner: Arc::new(inner),
             snapshot,
+            in_flight,
             proxy_protocol,
             connections: Arc::default(),
             refused: metrics::counter!("switchyard_connections_refused_total"),
@@ -73,6 +87,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
             // A keep-alive connection's next request: already set up.
             return self.inner.process_new(stream, shutdown).await;
         }
+        let _open = self.in_flight.open_connection();
         let snapshot = self.snapshot.load();
         let limit = snapshot.http.header_timeout;
         let idle = snapshot.http.keepalive_timeout;
@@ -157,6 +172,11 @@ pub struct DeadlineStream {
     /// One timer per connection, set only when a read has to wait.
     timer: Pin<Box<Sleep>>,
     armed: Armed,
+    /// While the timer is set to release buffers: the deadline it is set
+    /// to afterwards, and for what.
+    after_release: (Instant, Armed),
+    /// Buffers were released during this wait for a head.
+    released: bool,
     _counted: Option<crate::ratelimit::ConnectionGuard>,
 }
 
@@ -166,7 +186,15 @@ enum Armed {
     No,
     Head,
     Idle,
+    /// Releasing the connection's buffers, `RELEASE_AFTER` into a wait.
+    Release,
 }
+
+/// How long a connection waits for a request head before it gives back the
+/// buffers it holds while empty (the TLS record buffer and the write
+/// buffer, about 5.5 KiB); they are made again when bytes come. A client
+/// sending requests back to back never waits this long and pays nothing.
+const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 impl DeadlineStream {
     fn new(
@@ -185,6 +213,8 @@ impl DeadlineStream {
             deadline: Some(deadline),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Armed::Head,
+            after_release: (deadline, Armed::Head),
+            released: false,
             _counted: counted,
         }
     }
@@ -335,6 +365,7 @@ impl AsyncRead for DeadlineStream {
                     this.phase = Phase::Body;
                     this.deadline = None;
                     this.armed = Armed::No;
+                    this.released = false;
                     return Poll::Ready(Ok(()));
                 }
                 match this.deadline {
@@ -353,8 +384,34 @@ impl AsyncRead for DeadlineStream {
             }
             Poll::Pending => {
                 // Timers are set only once the connection actually waits.
+                if !this.released {
+                    // First the release of the buffers, then the deadline.
+                    if this.armed != Armed::Release {
+                        let now = Instant::now();
+                        let after = match this.deadline {
+                            Some(d) => (d, Armed::Head),
+                            None => (now + this.idle, Armed::Idle),
+                        };
+                        this.timer
+                            .as_mut()
+                            .reset((now + RELEASE_AFTER).min(after.0));
+                        this.armed = Armed::Release;
+                        this.after_release = after;
+                    }
+                    match this.timer.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) => {
+                            this.inner.release_idle_buffers();
+                            this.released = true;
+                            let (until, kind) = this.after_release;
+                            this.timer.as_mut().reset(until);
+                            this.armed = kind;
+                        }
+                    }
+                }
                 let (until, kind) = match this.deadline {
                     Some(d) => (d, Armed::Head),
+                    None if this.armed == Armed::Idle => (this.after_release.0, Armed::Idle),
                     None => (Instant::now() + this.idle, Armed::Idle),
                 };
                 if this.armed != kind {
@@ -513,6 +570,10 @@ impl GetSocketDigest for DeadlineStream {
 impl Peek for DeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+
+    fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
     }
 }
 

@@ -22,6 +22,6 @@ pub mod snapshot;
 pub mod stats;
 
 pub use health::{BackendReport, BackendState, HealthChecker, HealthRegistry};
-pub use proxy::{InFlight, Proxy, RequestCtx, SharedSnapshot};
+pub use proxy::{ConnectionOpen, InFlight, Proxy, RequestCtx, SharedSnapshot};
 pub use snapshot::{CaBundles, RouteTarget, Router, Snapshot};
 pub use stats::{PoolStats, StatsSample};

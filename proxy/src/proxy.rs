@@ -70,17 +70,33 @@ impl Proxy {
     }
 }
 
-/// Number of requests being served, so shutdown can end as soon as the last
-/// one is done instead of always sleeping through the grace period; and
-/// whether the process is on its way out, so answers stop keeping
-/// connections alive.
+/// Number of requests being served and of client connections open, so
+/// shutdown can end as soon as the last one is done instead of always
+/// sleeping through the grace period; and whether the process is on its way
+/// out, so answers stop keeping connections alive.
 #[derive(Clone, Debug, Default)]
-pub struct InFlight(Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>);
+pub struct InFlight(
+    Arc<AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicUsize>,
+);
 
 impl InFlight {
     /// Requests currently being served.
     pub fn count(&self) -> usize {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// Client connections open (a connection waiting for a request it may
+    /// still be sent counts; once shutdown begins it waits a second at most).
+    pub fn connections(&self) -> usize {
+        self.2.load(Ordering::Acquire)
+    }
+
+    /// Counts one client connection until the guard is dropped.
+    pub fn open_connection(&self) -> ConnectionOpen {
+        self.2.fetch_add(1, Ordering::AcqRel);
+        ConnectionOpen(self.2.clone())
     }
 
     /// From now on every answer carries `Connection: close`, so clients
@@ -98,6 +114,16 @@ impl InFlight {
     fn enter(&self) -> InFlightGuard {
         self.0.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.0.clone())
+    }
+}
+
+/// Counts one client connection until dropped.
+#[derive(Debug)]
+pub struct ConnectionOpen(Arc<AtomicUsize>);
+
+impl Drop for ConnectionOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

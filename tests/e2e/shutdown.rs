@@ -44,6 +44,40 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_its_way_when_shutdown_begins_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("app").await;
+    let mut proxy = Proxy::start_with_server(
+        &format!(
+            "[[routes]]\nservice = \"s\"\n[services.s.pools.main]\nbackends = [\"{}\"]\n",
+            up.addr
+        ),
+        "grace_period = \"10s\"\n",
+    )
+    .await;
+    // Accepted, and waiting for its first request when the signal comes.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the connection is closed after the answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "reply {text:?}");
+    assert!(text.ends_with("app\n"), "reply {text:?}");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
 /// Counts answers and failures of clients running until `stop`.
 #[derive(Default)]
 struct Load {

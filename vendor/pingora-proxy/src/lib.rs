@@ -97,6 +97,10 @@ pub mod subrequest;
 
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
+/// Switchyard: how long a connection still waits for a request already on
+/// its way once the service is shutting down.
+const SHUTDOWN_READ_GRACE: Duration = Duration::from_secs(1);
+
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
@@ -329,12 +333,23 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        let res = {
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => { res }
+                _ = self.await_shutdown() => {
+                    // Switchyard: service shutting down. A request already on
+                    // its way (a connection accepted just before, whose bytes
+                    // had not arrived at the first read) is still read and
+                    // served, without keep-alive; a connection with nothing
+                    // coming is dropped to stop more requests from coming in.
+                    match time::timeout(SHUTDOWN_READ_GRACE, &mut read).await {
+                        Ok(res) => res,
+                        Err(_) => return None,
+                    }
+                }
             }
         };
         match res {

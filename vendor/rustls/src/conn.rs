@@ -439,6 +439,14 @@ pub struct ConnectionCommon<Data> {
 }
 
 impl<Data> ConnectionCommon<Data> {
+    /// Switchyard: gives back the buffer that incoming records are read
+    /// into, if it holds no bytes. Meant for a connection that has been idle
+    /// for a while: it then holds no read buffer (4 KiB) until bytes arrive,
+    /// when the next read makes it again.
+    pub fn release_idle_buffers(&mut self) {
+        self.deframer_buffer.release_if_empty();
+    }
+
     /// Processes any new packets read by a previous call to
     /// [`Connection::read_tls`].
     ///

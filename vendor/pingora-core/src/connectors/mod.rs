@@ -293,7 +293,14 @@ impl TransportConnector {
             move |pool: &IdlePool| {
                 let now = Instant::now();
                 let removed = pool.remove_unless(|idle| {
-                    !idle.expired(now) && test_reusable_stream(&mut idle.stream, &unexpected)
+                    let keep =
+                        !idle.expired(now) && test_reusable_stream(&mut idle.stream, &unexpected);
+                    if keep {
+                        // Switchyard: a connection kept idle holds no
+                        // empty buffers (made again when it is used).
+                        idle.stream.release_idle_buffers();
+                    }
+                    keep
                 });
                 if let Some(callback) = &callback {
                     for idle in &removed {

@@ -79,6 +79,13 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// Switchyard: gives back the buffers this stream holds while nothing is
+    /// in them (the TLS record buffer, the write buffer), for a connection
+    /// that has been idle for a while; they are made again when next
+    /// needed. On this trait so that every stream type has it (no-op by
+    /// default).
+    fn release_idle_buffers(&mut self) {}
 }
 
 use std::any::Any;

@@ -191,6 +191,14 @@ impl DeframerVecBuffer {
     pub(crate) fn filled(&self) -> &[u8] {
         &self.buf[..self.used]
     }
+
+    /// Switchyard: gives the buffer back while it holds no bytes; the next
+    /// read makes it again.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.used == 0 {
+            self.buf = Vec::new();
+        }
+    }
 }
 
 #[cfg(feature = "std")]
@@ -205,19 +213,7 @@ impl DeframerVecBuffer {
         // we get a message with a length field out of range here,
         // we do a zero length read.  That looks like an EOF to
         // the next layer up, which is fine.
-        let new_bytes = match rd.read(&mut self.buf[self.used..]) {
-            Ok(new_bytes) => new_bytes,
-            Err(err) => {
-                // Switchyard: nothing buffered and nothing to read yet (an
-                // idle connection): give the read buffer back instead of
-                // holding it until bytes arrive; `prepare_read` makes it
-                // again then.
-                if self.used == 0 && err.kind() == io::ErrorKind::WouldBlock {
-                    self.buf = Vec::new();
-                }
-                return Err(err);
-            }
-        };
+        let new_bytes = rd.read(&mut self.buf[self.used..])?;
         self.used += new_bytes;
         Ok(new_bytes)
     }

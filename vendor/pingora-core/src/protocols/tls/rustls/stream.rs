@@ -428,4 +428,21 @@ impl SslDigest {
     }
 }
 
-impl<S> Peek for TlsStream<S> {}
+impl<S: Peek> Peek for TlsStream<S> {
+    fn release_idle_buffers(&mut self) {
+        use pingora_rustls::TlsStream as Either;
+        match self.tls.stream.as_mut() {
+            Some(Either::Server(s)) => {
+                let (io, conn) = s.get_mut();
+                conn.release_idle_buffers();
+                io.release_idle_buffers();
+            }
+            Some(Either::Client(s)) => {
+                let (io, conn) = s.get_mut();
+                conn.release_idle_buffers();
+                io.release_idle_buffers();
+            }
+            None => {}
+        }
+    }
+}
