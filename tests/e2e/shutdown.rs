@@ -4,17 +4,22 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Client, Proxy, Upstream};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
-    let up = Upstream::start("slow").await;
-    let mut proxy = Proxy::start_with_server(
+/// A proxy in front of `up` with a 10 s grace period.
+async fn proxy_with_grace(up: &Upstream) -> Proxy {
+    Proxy::start_with_server(
         &format!(
             "[[routes]]\nservice = \"s\"\n[services.s.pools.main]\nbackends = [\"{}\"]\n",
             up.addr
         ),
         "grace_period = \"10s\"\n",
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
+    let up = Upstream::start("slow").await;
+    let mut proxy = proxy_with_grace(&up).await;
     let client = Client::new();
     let url = proxy.url("/slow?ms=1500");
     let request = tokio::spawn(async move { client.get(&url, None).await });
@@ -48,14 +53,7 @@ async fn sigterm_lets_a_slow_request_finish_then_exits_zero() {
 async fn a_request_on_its_way_when_shutdown_begins_is_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("app").await;
-    let mut proxy = Proxy::start_with_server(
-        &format!(
-            "[[routes]]\nservice = \"s\"\n[services.s.pools.main]\nbackends = [\"{}\"]\n",
-            up.addr
-        ),
-        "grace_period = \"10s\"\n",
-    )
-    .await;
+    let mut proxy = proxy_with_grace(&up).await;
     // Accepted, and waiting for its first request when the signal comes.
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr)
         .await
