@@ -83,11 +83,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.in_flight.open_connection();
         if stream.as_any().is::<DeadlineStream>() {
             // A keep-alive connection's next request: already set up.
             return self.inner.process_new(stream, shutdown).await;
         }
-        let _open = self.in_flight.open_connection();
         let snapshot = self.snapshot.load();
         let limit = snapshot.http.header_timeout;
         let idle = snapshot.http.keepalive_timeout;
