@@ -17,7 +17,7 @@
 //! A connection that has waited `RELEASE_AFTER` (100 ms) for a head gives
 //! back the buffers it holds while empty (TLS record buffer, write buffer),
 //! by the same timer; a client sending requests back to back never waits
-//! that long. The wrapper also counts the connection as open for the
+//! that long. The wrapper also counts HTTP/1 connections as open for the
 //! shutdown, which waits for connections that may still bring a request.
 
 use std::io;
@@ -83,7 +83,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = self.in_flight.open_connection();
+        // Counted for the shutdown, which waits for HTTP/1 connections that
+        // may still bring a request (the framework reads them for a second
+        // more). HTTP/2 connections are not: the framework ends them with
+        // GOAWAY, and their streams count as requests.
+        let mut open = Some(self.in_flight.open_connection());
         if stream.as_any().is::<DeadlineStream>() {
             // A keep-alive connection's next request: already set up.
             return self.inner.process_new(stream, shutdown).await;
@@ -129,11 +133,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeadDeadline<A> {
             // The count travels with the connection across its requests.
             Box::new(DeadlineStream::new(stream, limit, idle, guard.take()))
         } else {
+            open = None;
             stream
         };
         // An HTTP/2 connection is served whole by this call.
         let reused = self.inner.process_new(stream, shutdown).await;
         drop(guard);
+        drop(open);
         reused
     }
 

@@ -70,7 +70,7 @@ impl Proxy {
     }
 }
 
-/// Number of requests being served and of client connections open, so
+/// Number of requests being served and of HTTP/1 client connections open, so
 /// shutdown can end as soon as the last one is done instead of always
 /// sleeping through the grace period; and whether the process is on its way
 /// out, so answers stop keeping connections alive.
@@ -87,8 +87,9 @@ impl InFlight {
         self.0.load(Ordering::Acquire)
     }
 
-    /// Client connections open (a connection waiting for a request it may
-    /// still be sent counts; once shutdown begins it waits a second at most).
+    /// HTTP/1 client connections open (a connection waiting for a request
+    /// it may still be sent counts; once shutdown begins it waits a second
+    /// at most).
     pub fn connections(&self) -> usize {
         self.2.load(Ordering::Acquire)
     }
