@@ -2,8 +2,10 @@
 //! its head (one byte every few seconds) is cut off instead of holding a
 //! connection forever: the framework only times out single reads. The same
 //! wrapper closes keep-alive connections idle for `http.keepalive_timeout`.
-//! Its one timer is set only when a read has to wait, so a busy connection
-//! costs no clock reads or timer updates.
+//! Its one timer is set only when a read has to wait, and between requests
+//! it is set once rather than per request (it looks every `RELEASE_AFTER`
+//! whether requests still come), so a busy connection costs no clock reads
+//! or timer updates per request.
 //!
 //! [`HeadDeadline`] wraps the proxy application and each HTTP/1 client
 //! connection in a [`DeadlineStream`]. The clock starts when the
@@ -178,11 +180,10 @@ pub struct DeadlineStream {
     /// One timer per connection, set only when a read has to wait.
     timer: Pin<Box<Sleep>>,
     armed: Armed,
-    /// While the timer is set to release buffers: the deadline it is set
-    /// to afterwards, and for what.
-    after_release: (Instant, Armed),
     /// Buffers were released during this wait for a head.
     released: bool,
+    /// A head ended since the timer was last set between requests.
+    busy: bool,
     _counted: Option<crate::ratelimit::ConnectionGuard>,
 }
 
@@ -192,8 +193,12 @@ enum Armed {
     No,
     Head,
     Idle,
-    /// Releasing the connection's buffers, `RELEASE_AFTER` into a wait.
+    /// Releasing the connection's buffers, `RELEASE_AFTER` into a wait
+    /// for a timed head.
     Release,
+    /// Between requests, looking every `RELEASE_AFTER` for a connection
+    /// that has gone idle: set once, not per request.
+    Between,
 }
 
 /// How long a connection waits for a request head before it gives back the
@@ -219,8 +224,8 @@ impl DeadlineStream {
             deadline: Some(deadline),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Armed::Head,
-            after_release: (deadline, Armed::Head),
             released: false,
+            busy: false,
             _counted: counted,
         }
     }
@@ -370,8 +375,11 @@ impl AsyncRead for DeadlineStream {
                     // The usual case: a whole head in one read; no clock read.
                     this.phase = Phase::Body;
                     this.deadline = None;
-                    this.armed = Armed::No;
                     this.released = false;
+                    this.busy = true;
+                    if this.armed != Armed::Between {
+                        this.armed = Armed::No;
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 match this.deadline {
@@ -388,53 +396,11 @@ impl AsyncRead for DeadlineStream {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => {
-                // Timers are set only once the connection actually waits.
-                if !this.released {
-                    // First the release of the buffers, then the deadline.
-                    if this.armed != Armed::Release {
-                        let now = Instant::now();
-                        let after = match this.deadline {
-                            Some(d) => (d, Armed::Head),
-                            None => (now + this.idle, Armed::Idle),
-                        };
-                        this.timer
-                            .as_mut()
-                            .reset((now + RELEASE_AFTER).min(after.0));
-                        this.armed = Armed::Release;
-                        this.after_release = after;
-                    }
-                    match this.timer.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(()) => {
-                            this.inner.release_idle_buffers();
-                            this.released = true;
-                            let (until, kind) = this.after_release;
-                            this.timer.as_mut().reset(until);
-                            this.armed = kind;
-                        }
-                    }
-                }
-                let (until, kind) = match this.deadline {
-                    Some(d) => (d, Armed::Head),
-                    None if this.armed == Armed::Idle => (this.after_release.0, Armed::Idle),
-                    None => (Instant::now() + this.idle, Armed::Idle),
-                };
-                if this.armed != kind {
-                    this.timer.as_mut().reset(until);
-                    this.armed = kind;
-                }
-                match this.timer.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) if kind == Armed::Head => {
-                        this.refuse(cx, REQUEST_TIMEOUT);
-                        Poll::Ready(Err(timed_out()))
-                    }
-                    // Idle too long between requests: end quietly, as if the
-                    // client had closed.
-                    Poll::Ready(()) => Poll::Ready(Ok(())),
-                }
-            }
+            // Timers are set only once the connection actually waits.
+            Poll::Pending => match this.deadline {
+                Some(deadline) => this.wait_for_head(cx, deadline),
+                None => this.wait_between_requests(cx),
+            },
             other => other,
         }
     }
@@ -477,6 +443,84 @@ impl AsyncWrite for DeadlineStream {
 }
 
 impl DeadlineStream {
+    /// Waits for the rest of a head that must be complete by `deadline`
+    /// (the first one on a connection, or one that came in pieces): the
+    /// buffers are released `RELEASE_AFTER` into the wait, then the
+    /// timer is set to the deadline itself.
+    fn wait_for_head(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<io::Result<()>> {
+        if !self.released {
+            if self.armed != Armed::Release {
+                self.timer
+                    .as_mut()
+                    .reset((Instant::now() + RELEASE_AFTER).min(deadline));
+                self.armed = Armed::Release;
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    self.inner.release_idle_buffers();
+                    self.released = true;
+                }
+            }
+        }
+        if self.armed != Armed::Head {
+            self.timer.as_mut().reset(deadline);
+            self.armed = Armed::Head;
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.refuse(cx, REQUEST_TIMEOUT);
+                Poll::Ready(Err(timed_out()))
+            }
+        }
+    }
+
+    /// Waits between requests on a keep-alive connection. The timer is
+    /// not set per wait (a clock read and a timer update per request):
+    /// set once, it fires every `RELEASE_AFTER` while requests keep
+    /// coming (`busy`), and the first time it finds none came the
+    /// connection has waited at least that long, so its buffers are
+    /// released and the timer set to end it at `http.keepalive_timeout`
+    /// (reached up to `RELEASE_AFTER` late).
+    fn wait_between_requests(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let period = RELEASE_AFTER.min(self.idle);
+        loop {
+            match self.armed {
+                Armed::Between => match self.timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) if self.busy => {
+                        self.busy = false;
+                        self.timer.as_mut().reset(Instant::now() + period);
+                    }
+                    Poll::Ready(()) => {
+                        self.inner.release_idle_buffers();
+                        self.released = true;
+                        let left = self.idle.saturating_sub(period);
+                        if left.is_zero() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        self.timer.as_mut().reset(Instant::now() + left);
+                        self.armed = Armed::Idle;
+                    }
+                },
+                // Idle too long between requests: end quietly, as if the
+                // client had closed.
+                Armed::Idle => {
+                    return match self.timer.as_mut().poll(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                    }
+                }
+                Armed::No | Armed::Head | Armed::Release => {
+                    self.busy = false;
+                    self.timer.as_mut().reset(Instant::now() + period);
+                    self.armed = Armed::Between;
+                }
+            }
+        }
+    }
+
     /// Best effort: one write of a short refusal before the connection is
     /// dropped (a client that does not read it loses nothing it needs).
     fn refuse(&mut self, cx: &mut Context<'_>, answer: &[u8]) {
@@ -504,7 +548,9 @@ impl DeadlineStream {
             Some(_) => {
                 self.phase = Phase::new_head();
                 self.deadline = None;
-                self.armed = Armed::No;
+                if self.armed != Armed::Between {
+                    self.armed = Armed::No;
+                }
             }
             None => {}
         }
