@@ -394,7 +394,9 @@ impl Control for Controller {
             .absolute(crate::tls_log::handshake_failures());
         let (generation, _) = self.reloader.summary();
         metrics::gauge!("switchyard_config_generation").set(generation as f64);
-        self.prometheus.render()
+        let mut text = self.prometheus.render();
+        switchyard_proxy::metrics::render_histograms(&mut text);
+        text
     }
 
     fn drain(

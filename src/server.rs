@@ -16,7 +16,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use switchyard_admin::{AdminApi, AuditLog, Token};
 
 use crate::rollout::{RolloutService, Rollouts};
@@ -67,14 +67,9 @@ pub fn run(
         }
     }
     // Before any metric handle is made: handles made earlier would be no-ops.
+    // (The request duration histogram is Switchyard's own: see
+    // `switchyard_proxy::metrics`.)
     let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(switchyard_proxy::metrics::REQUEST_DURATION.into()),
-            &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )
-        .context("metrics buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let assets = match Assets::load(&config) {
@@ -270,10 +265,6 @@ pub fn run(
         tracing::info!(admin = %addr, "admin API listening");
     }
     server.add_service(background_service(
-        "metrics upkeep",
-        MetricsUpkeep(prometheus),
-    ));
-    server.add_service(background_service(
         "shutdown",
         ShutdownWatcher { in_flight, grace },
     ));
@@ -344,22 +335,6 @@ fn load_tokens(settings: &switchyard_config::Admin) -> anyhow::Result<Vec<Token>
         });
     }
     Ok(tokens)
-}
-
-/// Drains histogram buckets now and then, as the exporter needs.
-struct MetricsUpkeep(PrometheusHandle);
-
-#[async_trait]
-impl BackgroundService for MetricsUpkeep {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => self.0.run_upkeep(),
-            }
-        }
-    }
 }
 
 /// Runs the ACME manager until shutdown.

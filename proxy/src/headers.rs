@@ -18,6 +18,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`, built once.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `HTTP2-Settings`, which belongs to an `h2c` upgrade (never forwarded).
+pub static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) that a proxy never forwards.
 /// `Transfer-Encoding` is not here: the framework re-frames bodies itself.
@@ -95,10 +97,17 @@ pub fn hop_by_hop_names_and(
     names
 }
 
-/// Whether a request asks for a protocol upgrade (WebSocket and the like),
-/// which must keep its `Upgrade` header and `Connection: upgrade`.
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
+/// Whether a request asks for a WebSocket upgrade, the one upgrade passed
+/// on: a single `Upgrade: websocket` with the `upgrade` connection option.
+/// The caller checks the request is HTTP/1.1. Any other upgrade (`h2c`,
+/// ...) is stripped and the request served as a plain one.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut upgrade = headers.get_all(UPGRADE).iter();
+    let websocket = match (upgrade.next(), upgrade.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket
         && headers.get_all(CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
@@ -276,11 +285,26 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_requests_keep_upgrade() {
-        let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(is_upgrade_request(&h));
+    fn websocket_upgrades_keep_upgrade_and_others_do_not_count() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert!(is_websocket_upgrade(&h));
         let names = hop_by_hop_names(&h, true);
         assert!(!names.contains(&UPGRADE));
+        for pairs in [
+            &[("connection", "Upgrade"), ("upgrade", "h2c")][..],
+            &[("upgrade", "websocket")],
+            &[("connection", "upgrade"), ("upgrade", "websocket, h2c")],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c"),
+            ],
+        ] {
+            assert!(!is_websocket_upgrade(&map(pairs)), "{pairs:?}");
+        }
     }
 
     #[test]

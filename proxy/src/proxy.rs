@@ -29,7 +29,7 @@ use switchyard_certs::ChallengeStore;
 use switchyard_config::Sticky;
 
 use crate::headers::{
-    forwarded_for, hop_by_hop_names, hop_by_hop_names_and, is_upgrade_request, request_host,
+    forwarded_for, hop_by_hop_names, hop_by_hop_names_and, is_websocket_upgrade, request_host,
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::snapshot::{ServiceRt, Snapshot};
@@ -592,7 +592,10 @@ impl ProxyHttp for Proxy {
                 upstream_request.remove_header(h);
             }
         }
-        let upgrade = is_upgrade_request(&upstream_request.headers);
+        // The framework's own header pass is off for our peers (see
+        // `PoolRt::peer`): this one pass does all of it.
+        let upgrade = session.req_header().version == http::Version::HTTP_11
+            && is_websocket_upgrade(&upstream_request.headers);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -604,14 +607,27 @@ impl ProxyHttp for Proxy {
                 .iter()
                 .any(|c| c.contains(ip))
         });
-        // What an untrusted client says about addresses is not passed on;
-        // the hop-by-hop pass finds those headers if the request has them.
-        let untrusted_claims: &[&HeaderName] = if peer.is_some() && !trusted {
-            &[&http::header::FORWARDED, &crate::headers::X_REAL_IP]
+        // Besides the hop-by-hop set: the body is re-framed (chunked when it
+        // has no length), so `Transfer-Encoding` goes; `HTTP2-Settings`
+        // belongs to an upgrade never passed on; and what an untrusted
+        // client says about addresses is not passed on. The pass finds
+        // those headers if the request has them.
+        static FRAMING: [&HeaderName; 2] = [
+            &http::header::TRANSFER_ENCODING,
+            &crate::headers::HTTP2_SETTINGS,
+        ];
+        static FRAMING_AND_CLAIMS: [&HeaderName; 4] = [
+            &http::header::TRANSFER_ENCODING,
+            &crate::headers::HTTP2_SETTINGS,
+            &http::header::FORWARDED,
+            &crate::headers::X_REAL_IP,
+        ];
+        let also: &[&HeaderName] = if peer.is_some() && !trusted {
+            &FRAMING_AND_CLAIMS
         } else {
-            &[]
+            &FRAMING
         };
-        for name in hop_by_hop_names_and(&upstream_request.headers, upgrade, untrusted_claims) {
+        for name in hop_by_hop_names_and(&upstream_request.headers, upgrade, also) {
             upstream_request.remove_header(&name);
         }
         if upgrade {
@@ -745,7 +761,7 @@ impl ProxyHttp for Proxy {
         if let Some(p) = service.pools.get(pool as usize) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let took = ctx.started.elapsed();
-            p.metrics.record(status, took.as_secs_f64());
+            p.metrics.record(status, took);
             // An attempt that ended in a backend's answer (failed attempts
             // were counted as they failed).
             if ctx.current.is_some() {

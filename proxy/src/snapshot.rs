@@ -448,6 +448,12 @@ impl PoolRt {
             }
         };
         peer.options.connection_timeout = Some(connect_timeout);
+        // The framework's pass over request headers (a lookup per
+        // hop-by-hop name, present or not) is replaced by the proxy's own
+        // single pass over the names the request has, which also does the
+        // forwarded headers: see `Proxy::upstream_request_filter`.
+        peer.options.http_upstream_request_policy =
+            pingora_core::upstreams::peer::HttpUpstreamRequestPolicy::preserve();
         peer
     }
 }

@@ -482,7 +482,28 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic_per_pool() {
         Some(&1.0),
         "{text}"
     );
-    assert!(text.contains("switchyard_request_duration_seconds_bucket{service=\"shop\",pool=\"blue\",le=\"0.005\"}"), "{text}");
+    // Every request answered by a pool is in its duration histogram, the
+    // buckets are cumulative and end at the count.
+    for pool in ["blue", "green"] {
+        let labels = format!("service=\"shop\",pool=\"{pool}\"");
+        let sent = *bodies.get(pool).unwrap_or(&0) as f64;
+        let count = samples.get(&format!(
+            "switchyard_request_duration_seconds_count{{{labels}}}"
+        ));
+        assert_eq!(count, Some(&sent), "{text}");
+        let mut last = 0.0;
+        for le in ["0.001", "0.005", "0.1", "1", "10", "+Inf"] {
+            let key = format!("switchyard_request_duration_seconds_bucket{{{labels},le=\"{le}\"}}");
+            let n = *samples
+                .get(&key)
+                .unwrap_or_else(|| panic!("{key} missing\n{text}"));
+            assert!(n >= last, "{key} below the bucket before it\n{text}");
+            last = n;
+        }
+        assert_eq!(last, sent, "{text}");
+        let sum = samples[&format!("switchyard_request_duration_seconds_sum{{{labels}}}")];
+        assert!(sum > 0.0 && sum < sent * 10.0, "{text}");
+    }
 }
 
 /// Runs `switchyard ctl ARGS` against `admin` with `token`.
