@@ -18,6 +18,7 @@ mod digest;
 pub mod http;
 pub mod l4;
 pub mod raw_connect;
+pub mod read_watch;
 pub mod tls;
 #[cfg(windows)]
 mod windows;
@@ -86,6 +87,17 @@ pub trait Peek {
     /// needed. On this trait so that every stream type has it (no-op by
     /// default).
     fn release_idle_buffers(&mut self) {}
+
+    /// Switchyard: takes the read timer this connection keeps across
+    /// requests ([`read_watch::ReadWatch`]), to be handed back with
+    /// [`Peek::put_read_watch`] after the read; `None` for streams that keep
+    /// none. On this trait so that every stream type has it.
+    fn take_read_watch(&mut self) -> Option<read_watch::ReadWatch> {
+        None
+    }
+
+    /// Switchyard: hands back the timer taken by [`Peek::take_read_watch`].
+    fn put_read_watch(&mut self, _watch: read_watch::ReadWatch) {}
 }
 
 use std::any::Any;

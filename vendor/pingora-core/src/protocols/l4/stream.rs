@@ -543,6 +543,8 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// Switchyard: the read timer kept across requests.
+    read_watch: Option<crate::protocols::read_watch::ReadWatch>,
 }
 
 impl Stream {
@@ -661,6 +663,7 @@ impl From<TcpStream> for Stream {
             socket_digest: None,
             tracer: None,
             read_pending_time: AccumulatedDuration::new(),
+            read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -684,6 +687,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             socket_digest: None,
             tracer: None,
             read_pending_time: AccumulatedDuration::new(),
+            read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -708,6 +712,7 @@ impl From<UnixStream> for Stream {
             socket_digest: None,
             tracer: None,
             read_pending_time: AccumulatedDuration::new(),
+            read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -758,6 +763,14 @@ impl Peek for Stream {
         if let Some(stream) = self.stream.as_mut() {
             stream.writer_mut().release_if_empty();
         }
+    }
+
+    fn take_read_watch(&mut self) -> Option<crate::protocols::read_watch::ReadWatch> {
+        Some(self.read_watch.take().unwrap_or_default())
+    }
+
+    fn put_read_watch(&mut self, watch: crate::protocols::read_watch::ReadWatch) {
+        self.read_watch = Some(watch);
     }
 }
 
