@@ -564,6 +564,40 @@ async fn an_upstream_that_dies_mid_body_gives_a_truncated_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
+    // 5 of 100 promised bytes, then silence with the connection held open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_some() {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&body(addr, "")).await;
+    let started = std::time::Instant::now();
+    let (reply, closed) = fetch(&proxy, "GET", "", false).await;
+    let took = started.elapsed();
+    assert!(closed, "the proxy closes the cut-off response: {reply:?}");
+    assert!(
+        reply.contains("Content-Length: 100") && reply.ends_with("short"),
+        "{reply:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut at the 1 s read timeout, took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_upstream_framing_is_refused_with_502() {
     for (name, script) in [
         (

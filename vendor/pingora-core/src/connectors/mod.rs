@@ -281,6 +281,9 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
+        // Switchyard: reads of an idle connection (the checks below) are
+        // not timed.
+        stream.begin_read(None);
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }

@@ -88,16 +88,16 @@ pub trait Peek {
     /// default).
     fn release_idle_buffers(&mut self) {}
 
-    /// Switchyard: takes the read timer this connection keeps across
-    /// requests ([`read_watch::ReadWatch`]), to be handed back with
-    /// [`Peek::put_read_watch`] after the read; `None` for streams that keep
-    /// none. On this trait so that every stream type has it.
-    fn take_read_watch(&mut self) -> Option<read_watch::ReadWatch> {
-        None
+    /// Switchyard: a read call begins whose waits must end within
+    /// `timeout` (`None`: untimed). Returns whether this stream times its
+    /// reads itself ([`read_watch::ReadWatch`], one timer kept across
+    /// requests; a timed-out read fails with an error
+    /// [`read_watch::is_elapsed`] recognises); when it does not, the
+    /// caller times the read. On this trait so that every stream type has
+    /// it.
+    fn begin_read(&mut self, _timeout: Option<std::time::Duration>) -> bool {
+        false
     }
-
-    /// Switchyard: hands back the timer taken by [`Peek::take_read_watch`].
-    fn put_read_watch(&mut self, _watch: read_watch::ReadWatch) {}
 }
 
 use std::any::Any;

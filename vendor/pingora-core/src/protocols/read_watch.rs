@@ -4,15 +4,21 @@
 //! the connection, instead of a timer registered (and a clock read) for
 //! every wait on a response.
 //!
-//! A [`ReadWatch`] splits the timeout `t` into [`STRIKES`] periods. Its
-//! timer fires once per period while reads keep waiting; a wait times out
-//! when [`STRIKES`] periods in a row passed with no read completing. So a
-//! timeout ends between `t` and `t + t / STRIKES` after the wait began,
-//! and a connection answering quickly costs one poll of a timer that is
-//! already set: no clock read, no registration.
+//! The connection ([`crate::protocols::l4::stream::Stream`]) keeps a
+//! [`ReadWatch`]; a read call announces its timeout with
+//! [`crate::protocols::Peek::begin_read`], and the stream's `poll_read`
+//! reports each poll to the watch. The timeout `t` is split into
+//! [`STRIKES`] periods: the timer fires once per period while reads keep
+//! waiting, and a read call times out when [`STRIKES`] periods in a row
+//! passed since it began with no read completing, so between `t` and
+//! `t + t / STRIKES` after it began waiting. Each read call gets the whole
+//! timeout, as a timeout per call would. A read that waits costs a poll of a timer already set: no clock
+//! read, no registration. The state is in the stream, so a read future
+//! dropped half-way (a `select!` that took another branch) loses nothing.
 
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::io;
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -24,46 +30,86 @@ pub const STRIKES: u8 = 8;
 /// A connection's read timer; see the module docs.
 #[derive(Debug, Default)]
 pub struct ReadWatch {
+    /// The timeout of the read call in progress; `None`: reads are untimed.
+    timeout: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
     period: Duration,
-    /// Reads completed through this watch.
+    /// Reads completed on the connection.
     reads: u32,
     /// `reads` when the timer last fired.
     mark: u32,
     /// Periods in a row in which no read completed.
     strikes: u8,
+    /// No read has waited since the read call began.
+    starting: bool,
 }
 
-/// A read waited longer than its timeout.
+/// The error payload of a read that waited longer than its timeout.
 #[derive(Debug)]
-pub struct Elapsed;
+struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("read timed out")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// Whether `e` is a read timing out by a [`ReadWatch`].
+pub fn is_elapsed(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut && e.get_ref().is_some_and(|inner| inner.is::<Elapsed>())
+}
+
+/// Whether `e` (or what caused it) is a read timing out by a [`ReadWatch`].
+pub fn error_is_elapsed(e: &pingora_error::Error) -> bool {
+    e.cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<io::Error>())
+        .is_some_and(is_elapsed)
+}
 
 impl ReadWatch {
-    /// Runs `read` (a read on the connection this watch belongs to), failing
-    /// if it waits `t` with nothing read.
-    pub async fn timeout<F: Future>(&mut self, t: Duration, read: F) -> Result<F::Output, Elapsed> {
-        let mut read = pin!(read);
-        let mut starting = true;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = read.as_mut().poll(cx) {
-                self.reads = self.reads.wrapping_add(1);
-                return Poll::Ready(Ok(out));
-            }
-            let start = std::mem::take(&mut starting);
-            self.poll_silence(cx, t, start).map(Err)
-        })
-        .await
+    /// A read call begins: its waits time out after `timeout` (`None`:
+    /// untimed).
+    pub fn begin(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+        self.starting = true;
+        // The count starts again: the next firing counts as progress,
+        // whatever the calls before waited.
+        self.strikes = 0;
+        self.mark = self.reads.wrapping_sub(1);
+    }
+
+    /// Passes on the result of one poll of a read on the connection, or a
+    /// timeout error when it has waited too long.
+    pub fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.reads = self.reads.wrapping_add(1);
+            return polled;
+        }
+        let Some(t) = self.timeout else {
+            return Poll::Pending;
+        };
+        let starting = std::mem::take(&mut self.starting);
+        self.poll_silence(cx, t, starting)
+            .map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, Elapsed)))
     }
 
     /// Ready when the wait has lasted its timeout.
-    fn poll_silence(&mut self, cx: &mut Context<'_>, t: Duration, starting: bool) -> Poll<Elapsed> {
+    fn poll_silence(&mut self, cx: &mut Context<'_>, t: Duration, starting: bool) -> Poll<()> {
         let period = t / u32::from(STRIKES);
+        // A timer that fired while the connection was not waiting needs
+        // nothing: its firing counts as progress (see `begin`), and it is
+        // set again from now.
         if starting {
-            // A timer that fired while the connection was not waiting (or
-            // was set for another timeout) starts over from now.
             let stale = match &self.timer {
                 None => true,
-                Some(timer) => self.period != period || timer.is_elapsed(),
+                Some(_) => self.period != period,
             };
             if stale {
                 self.period = period;
@@ -77,7 +123,7 @@ impl ReadWatch {
             }
         }
         let Some(timer) = self.timer.as_mut() else {
-            // Not reached: a wait always starts with `starting`.
+            // Not reached: the first wait of a read call is `starting`.
             return Poll::Pending;
         };
         loop {
@@ -91,7 +137,7 @@ impl ReadWatch {
                 self.strikes += 1;
                 if self.strikes >= STRIKES {
                     self.strikes = 0;
-                    return Poll::Ready(Elapsed);
+                    return Poll::Ready(());
                 }
             }
             timer.as_mut().reset(Instant::now() + self.period);
@@ -102,14 +148,33 @@ impl ReadWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::{pending, poll_fn};
+    use std::pin::pin;
+
+    /// Polls `read` as a stream's read through `watch`.
+    async fn watched<F: Future<Output = ()>>(
+        watch: &mut ReadWatch,
+        t: Duration,
+        read: F,
+    ) -> io::Result<()> {
+        watch.begin(Some(t));
+        let mut read = pin!(read);
+        poll_fn(|cx| {
+            let polled = read.as_mut().poll(cx).map(Ok);
+            watch.watch(cx, polled)
+        })
+        .await
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_wait_times_out_between_t_and_one_period_later() {
         let mut watch = ReadWatch::default();
         let t = Duration::from_secs(8);
         let started = Instant::now();
-        let r = watch.timeout(t, std::future::pending::<()>()).await;
-        assert!(r.is_err());
+        let e = watched(&mut watch, t, pending())
+            .await
+            .expect_err("timed out");
+        assert!(is_elapsed(&e), "{e:?}");
         let took = started.elapsed();
         assert!(took >= t && took <= t + t / u32::from(STRIKES), "{took:?}");
     }
@@ -121,24 +186,47 @@ mod tests {
         // Many reads, each waiting less than the timeout, over a span much
         // longer than it: none times out.
         for _ in 0..20 {
-            let r = watch
-                .timeout(t, tokio::time::sleep(Duration::from_secs(5)))
-                .await;
+            let r = watched(&mut watch, t, tokio::time::sleep(Duration::from_secs(5))).await;
             assert!(r.is_ok());
         }
-        // Then a wait after an idle spell longer than the timeout (the
-        // timer fired while nobody waited) still gets its whole timeout.
+        // A read dropped while waiting, then an idle spell longer than the
+        // timeout (the timer fired while nobody waited): the next read
+        // still gets its whole timeout.
+        let dropped =
+            tokio::time::timeout(Duration::from_secs(3), watched(&mut watch, t, pending())).await;
+        assert!(dropped.is_err());
         tokio::time::sleep(Duration::from_secs(30)).await;
         let started = Instant::now();
-        let r = watch
-            .timeout(t, tokio::time::sleep(Duration::from_millis(7_900)))
-            .await;
+        let r = watched(
+            &mut watch,
+            t,
+            tokio::time::sleep(Duration::from_millis(7_900)),
+        )
+        .await;
         assert!(r.is_ok(), "timed out after {:?}", started.elapsed());
         let started = Instant::now();
-        assert!(watch
-            .timeout(t, std::future::pending::<()>())
-            .await
-            .is_err());
+        assert!(watched(&mut watch, t, pending()).await.is_err());
         assert!(started.elapsed() >= t);
+        // Read calls dropped while waiting and made again (a proxy loop
+        // forwarding a slow request body meanwhile): each gets the whole
+        // timeout, however long the connection has been silent in all.
+        for _ in 0..10 {
+            let dropped =
+                tokio::time::timeout(Duration::from_secs(7), watched(&mut watch, t, pending()))
+                    .await;
+            assert!(dropped.is_err(), "a 7 s wait of an 8 s timeout timed out");
+        }
+        // Untimed reads are left alone.
+        watch.begin(None);
+        let mut read = pin!(pending::<()>());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            poll_fn(|cx| {
+                let polled = read.as_mut().poll(cx).map(Ok);
+                watch.watch(cx, polled)
+            }),
+        )
+        .await;
+        assert!(waited.is_err(), "an untimed read waits");
     }
 }

@@ -543,8 +543,9 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
-    /// Switchyard: the read timer kept across requests.
-    read_watch: Option<crate::protocols::read_watch::ReadWatch>,
+    /// Switchyard: the read timer kept across requests, made by the first
+    /// timed read.
+    read_watch: Option<Box<crate::protocols::read_watch::ReadWatch>>,
 }
 
 impl Stream {
@@ -765,12 +766,17 @@ impl Peek for Stream {
         }
     }
 
-    fn take_read_watch(&mut self) -> Option<crate::protocols::read_watch::ReadWatch> {
-        Some(self.read_watch.take().unwrap_or_default())
-    }
-
-    fn put_read_watch(&mut self, watch: crate::protocols::read_watch::ReadWatch) {
-        self.read_watch = Some(watch);
+    fn begin_read(&mut self, timeout: Option<Duration>) -> bool {
+        match (self.read_watch.as_mut(), timeout) {
+            (Some(watch), _) => watch.begin(timeout),
+            (None, None) => {}
+            (None, Some(_)) => {
+                let mut watch = Box::<crate::protocols::read_watch::ReadWatch>::default();
+                watch.begin(timeout);
+                self.read_watch = Some(watch);
+            }
+        }
+        true
     }
 }
 
@@ -880,6 +886,11 @@ impl AsyncRead for Stream {
             result
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
+        };
+        // Switchyard: a timed read fails once it has waited too long.
+        let result = match self.read_watch.as_mut() {
+            Some(watch) => watch.watch(cx, result),
+            None => result,
         };
         self.read_pending_time.poll_time(&result);
         self.rx_ts = self.stream().get_ref().rx_ts;

@@ -404,29 +404,13 @@ impl HttpSession {
                 self.response_header_read_buf.reserve(INIT_HEADER_BUF_SIZE);
             }
 
-            // Switchyard: the connection's own read timer when it keeps one.
-            let watch = match self.read_timeout {
-                Some(_) => self.underlying_stream.take_read_watch(),
-                None => None,
-            };
+            // Switchyard: the connection times the read itself when it can.
+            let watched = self.underlying_stream.begin_read(self.read_timeout);
             let read_fut = self
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
-            let read_result = match (self.read_timeout, watch) {
-                (Some(t), Some(mut watch)) => {
-                    let read = watch.timeout(t, read_fut).await;
-                    self.underlying_stream.put_read_watch(watch);
-                    match read {
-                        Ok(res) => res,
-                        Err(_) => {
-                            return self.fail_response_header_read(Error::explain(
-                                ReadTimedout,
-                                "while reading response headers",
-                            ));
-                        }
-                    }
-                }
-                (Some(t), None) => match timeout_if_waits(t, read_fut).await {
+            let read_result = match self.read_timeout {
+                Some(t) if !watched => match timeout_if_waits(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
                         return self.fail_response_header_read(Error::explain(
@@ -435,7 +419,7 @@ impl HttpSession {
                         ));
                     }
                 },
-                (None, _) => read_fut.await,
+                _ => read_fut.await,
             };
 
             match read_result {
@@ -451,6 +435,12 @@ impl HttpSession {
                 }
                 Ok(_) => {
                     parse_existing_buffer = true;
+                }
+                Err(e) if crate::protocols::read_watch::is_elapsed(&e) => {
+                    return self.fail_response_header_read(Error::explain(
+                        ReadTimedout,
+                        "while reading response headers",
+                    ));
                 }
                 Err(e) => {
                     let true_io_error = e.raw_os_error().is_some();
@@ -514,27 +504,20 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
-        // Switchyard: the connection's own read timer when it keeps one.
-        let watch = match self.read_timeout {
-            Some(_) => self.underlying_stream.take_read_watch(),
-            None => None,
-        };
-        let result = match (self.read_timeout, watch) {
-            (Some(t), Some(mut watch)) => {
-                let read = watch.timeout(t, self.do_read_body()).await;
-                self.underlying_stream.put_read_watch(watch);
-                match read {
-                    Ok(res) => res,
-                    Err(_) => {
-                        Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}"))
-                    }
-                }
-            }
-            (Some(t), None) => match timeout_if_waits(t, self.do_read_body()).await {
+        // Switchyard: the connection times the read itself when it can.
+        let watched = self.underlying_stream.begin_read(self.read_timeout);
+        let result = match self.read_timeout {
+            Some(t) if !watched => match timeout_if_waits(t, self.do_read_body()).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
             },
-            (None, _) => self.do_read_body().await,
+            Some(t) => match self.do_read_body().await {
+                Err(e) if crate::protocols::read_watch::error_is_elapsed(&e) => {
+                    Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}"))
+                }
+                other => other,
+            },
+            None => self.do_read_body().await,
         };
 
         result.map(|maybe_body| {

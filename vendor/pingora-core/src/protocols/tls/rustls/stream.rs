@@ -445,21 +445,13 @@ impl<S: Peek> Peek for TlsStream<S> {
             None => {}
         }
     }
-    fn take_read_watch(&mut self) -> Option<crate::protocols::read_watch::ReadWatch> {
-        use pingora_rustls::TlsStream as Either;
-        match self.tls.stream.as_mut() {
-            Some(Either::Server(s)) => s.get_mut().0.take_read_watch(),
-            Some(Either::Client(s)) => s.get_mut().0.take_read_watch(),
-            None => None,
-        }
-    }
 
-    fn put_read_watch(&mut self, watch: crate::protocols::read_watch::ReadWatch) {
+    fn begin_read(&mut self, timeout: Option<std::time::Duration>) -> bool {
         use pingora_rustls::TlsStream as Either;
         match self.tls.stream.as_mut() {
-            Some(Either::Server(s)) => s.get_mut().0.put_read_watch(watch),
-            Some(Either::Client(s)) => s.get_mut().0.put_read_watch(watch),
-            None => {}
+            Some(Either::Server(s)) => s.get_mut().0.begin_read(timeout),
+            Some(Either::Client(s)) => s.get_mut().0.begin_read(timeout),
+            None => false,
         }
     }
 }
