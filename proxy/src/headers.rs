@@ -34,8 +34,14 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Headers a `Connection` token may never remove: they frame the message or
-/// route it, and dropping them would desynchronise or misroute the upstream.
-static PROTECTED: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING];
+/// route it, and dropping them would desynchronise or misroute the upstream;
+/// and the chain of addresses a trusted balancer extends.
+static PROTECTED: [HeaderName; 4] = [
+    HOST,
+    CONTENT_LENGTH,
+    TRANSFER_ENCODING,
+    HeaderName::from_static("x-forwarded-for"),
+];
 
 /// Names of the headers to remove before forwarding a message with
 /// `headers`: the fixed hop-by-hop set, `Upgrade` unless `upgrade` is kept,
@@ -247,7 +253,8 @@ mod tests {
     #[test]
     fn strips_fixed_and_connection_named_headers() {
         let h = map(&[
-            ("connection", "keep-alive, X-Secret, host"),
+            ("connection", "keep-alive, X-Secret, host, X-Forwarded-For"),
+            ("x-forwarded-for", "192.0.2.7"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("te", "trailers"),
