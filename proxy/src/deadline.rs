@@ -182,7 +182,8 @@ pub struct DeadlineStream {
     armed: Armed,
     /// Buffers were released during this wait for a head.
     released: bool,
-    /// A head ended since the timer was last set between requests.
+    /// A head ended, or something was written, since the timer was last
+    /// set between requests: the connection is not idle.
     busy: bool,
     _counted: Option<crate::ratelimit::ConnectionGuard>,
 }
@@ -414,6 +415,7 @@ impl AsyncWrite for DeadlineStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.note_write(data);
+        this.busy = true;
         Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
@@ -426,6 +428,7 @@ impl AsyncWrite for DeadlineStream {
         if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
             this.note_write(first);
         }
+        this.busy = true;
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -479,10 +482,11 @@ impl DeadlineStream {
     /// Waits between requests on a keep-alive connection. The timer is
     /// not set per wait (a clock read and a timer update per request):
     /// set once, it fires every `RELEASE_AFTER` while requests keep
-    /// coming (`busy`), and the first time it finds none came the
-    /// connection has waited at least that long, so its buffers are
-    /// released and the timer set to end it at `http.keepalive_timeout`
-    /// (reached up to `RELEASE_AFTER` late).
+    /// coming or answers keep going out (`busy`), and the first time it
+    /// finds neither the connection has been quiet at least that long, so
+    /// its buffers are released and the timer set to end it at
+    /// `http.keepalive_timeout` (reached up to `RELEASE_AFTER` late), unless
+    /// it was written to meanwhile.
     fn wait_between_requests(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let period = RELEASE_AFTER.min(self.idle);
         loop {
@@ -504,14 +508,20 @@ impl DeadlineStream {
                         self.armed = Armed::Idle;
                     }
                 },
-                // Idle too long between requests: end quietly, as if the
-                // client had closed.
-                Armed::Idle => {
-                    return match self.timer.as_mut().poll(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                Armed::Idle => match self.timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Written to since: an answer still going out (the
+                    // framework reads the connection meanwhile, to notice a
+                    // client that leaves). Look again later.
+                    Poll::Ready(()) if self.busy => {
+                        self.busy = false;
+                        self.timer.as_mut().reset(Instant::now() + period);
+                        self.armed = Armed::Between;
                     }
-                }
+                    // Idle too long between requests: end quietly, as if
+                    // the client had closed.
+                    Poll::Ready(()) => return Poll::Ready(Ok(())),
+                },
                 Armed::No | Armed::Head | Armed::Release => {
                     self.busy = false;
                     self.timer.as_mut().reset(Instant::now() + period);

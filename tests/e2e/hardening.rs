@@ -598,6 +598,37 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_streaming_longer_than_the_keepalive_timeout_is_not_cut() {
+    // 30 bytes in three pieces 700 ms apart: 1.4 s, past a 1 s keep-alive
+    // timeout, while the backend is never silent for its 1 s read timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await.is_some() {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789")
+                        .await;
+                    for piece in [b"abcdefghij", b"ABCDEFGHIJ"] {
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                        let _ = tcp.write_all(piece).await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&body(addr, "[http]\nkeepalive_timeout = \"1s\"\n")).await;
+    let (reply, _) = fetch(&proxy, "GET", "", true).await;
+    assert!(
+        reply.ends_with("0123456789abcdefghijABCDEFGHIJ"),
+        "the whole body: {reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_upstream_framing_is_refused_with_502() {
     for (name, script) in [
         (

@@ -284,14 +284,19 @@ async fn all_backends_down_is_panic_mode_with_a_clear_error() {
     let green = Upstream::start("green").await;
     let proxy = Proxy::start(&shop(50, 50, &[blue.addr], &[green.addr], "")).await;
     let green_addr = green.addr;
+    let blue_addr = blue.addr;
     blue.kill();
     green.kill();
-    log_line(
-        &proxy,
-        &["backend unhealthy", &format!("backend={green_addr}")],
-        Duration::from_secs(5),
-    )
-    .await;
+    // Both out of rotation before the request (one may fail its checks a
+    // beat after the other).
+    for addr in [green_addr, blue_addr] {
+        log_line(
+            &proxy,
+            &["backend unhealthy", &format!("backend={addr}")],
+            Duration::from_secs(5),
+        )
+        .await;
+    }
     let reply = Client::new()
         .get(&proxy.url("/"), None)
         .await
