@@ -563,25 +563,36 @@ async fn an_upstream_that_dies_mid_body_gives_a_truncated_response() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
-    // 5 of 100 promised bytes, then silence with the connection held open.
+/// A backend that answers every request with `pieces`, each written after
+/// its delay, then holds the connection open, silent.
+async fn paced_upstream(
+    pieces: &'static [(u64, &'static [u8])],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let _task = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 if read_head(&mut tcp).await.is_some() {
-                    let _ = tcp
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
-                        .await;
+                    for (delay_ms, piece) in pieces {
+                        tokio::time::sleep(Duration::from_millis(*delay_ms)).await;
+                        let _ = tcp.write_all(piece).await;
+                    }
                     tokio::time::sleep(Duration::from_secs(30)).await;
                 }
             });
         }
     });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
+    // 5 of 100 promised bytes, then silence with the connection held open.
+    let (addr, _task) =
+        paced_upstream(&[(0, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")]).await;
     let proxy = Proxy::start(&body(addr, "")).await;
     let started = std::time::Instant::now();
     let (reply, closed) = fetch(&proxy, "GET", "", false).await;
@@ -601,25 +612,15 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
 async fn a_response_streaming_longer_than_the_keepalive_timeout_is_not_cut() {
     // 30 bytes in three pieces 700 ms apart: 1.4 s, past a 1 s keep-alive
     // timeout, while the backend is never silent for its 1 s read timeout.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let _task = tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut tcp).await.is_some() {
-                    let _ = tcp
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789")
-                        .await;
-                    for piece in [b"abcdefghij", b"ABCDEFGHIJ"] {
-                        tokio::time::sleep(Duration::from_millis(700)).await;
-                        let _ = tcp.write_all(piece).await;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, _task) = paced_upstream(&[
+        (
+            0,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789",
+        ),
+        (700, b"abcdefghij"),
+        (700, b"ABCDEFGHIJ"),
+    ])
+    .await;
     let proxy = Proxy::start(&body(addr, "[http]\nkeepalive_timeout = \"1s\"\n")).await;
     let (reply, _) = fetch(&proxy, "GET", "", true).await;
     assert!(
