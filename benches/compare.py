@@ -61,6 +61,20 @@ def rss_kib(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """User + system CPU time used so far by the given processes (all their threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / ticks
+
+
 def children(pid):
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -218,6 +232,23 @@ backend be
 
     # ------------------------------------------------------------- workloads
 
+    def measured(self, proc, run):
+        """Run one load and add what the proxy's own processes spent on it.
+
+        `cpu_busy` is the share of one core the proxy used while the load ran;
+        `per_cpu_s` is the result divided by that share: the rate one fully
+        used core gives. When the load generator is the bottleneck (it pays
+        for the client side of every handshake on the other core), the rate
+        alone understates the proxy; the CPU it used does not.
+        """
+        pids = proc.pids()
+        cpu0, t0 = cpu_seconds(pids), time.monotonic()
+        result = run()
+        busy = (cpu_seconds(pids) - cpu0) / (time.monotonic() - t0)
+        result["cpu_busy"] = busy
+        result["per_cpu_s"] = result["value"] / busy if busy > 0 else None
+        return result
+
     def wrk(self, url, extra=()):
         out = subprocess.run(
             ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{self.duration}s", *extra, url],
@@ -278,14 +309,16 @@ backend be
         }
 
     def scenarios(self, http, https):
+        """Throughput scenarios: name -> a run returning {"value": ...}."""
         base = f"http://127.0.0.1:{http}"
         tls = f"https://127.0.0.1:{https}"
         return {
-            "http1_small_rps": lambda: self.wrk(f"{base}/small")["rps"],
-            "https_small_rps": lambda: self.wrk(f"{tls}/small")["rps"],
-            "tls_handshakes_per_s": lambda: self.wrk(f"{tls}/small", ("-H", "Connection: close"))["rps"],
-            "h2_small_rps": lambda: self.h2load(f"{tls}/small")["rps"],
-            "http1_100k_mb_s": lambda: self.wrk(f"{base}/big")["mb_s"],
+            "http1_small_rps": lambda: {"value": self.wrk(f"{base}/small")["rps"]},
+            "https_small_rps": lambda: {"value": self.wrk(f"{tls}/small")["rps"]},
+            "tls_handshakes_per_s": lambda: {
+                "value": self.wrk(f"{tls}/small", ("-H", "Connection: close"))["rps"]},
+            "h2_small_rps": lambda: {"value": self.h2load(f"{tls}/small")["rps"]},
+            "http1_100k_mb_s": lambda: {"value": self.wrk(f"{base}/big")["mb_s"]},
         }
 
     # ------------------------------------------------------------------ run
@@ -297,8 +330,12 @@ backend be
             for name in proxies:
                 proc, http, https = self.start_proxy(name)
                 try:
-                    for key, fn in self.scenarios(http, https).items():
-                        results[name].setdefault(key, []).append(fn())
+                    for key, run in self.scenarios(http, https).items():
+                        m = self.measured(proc, run)
+                        results[name].setdefault(key, []).append(m["value"])
+                        results[name].setdefault(f"{key}_cpu_busy", []).append(m["cpu_busy"])
+                        if m["per_cpu_s"] is not None:
+                            results[name].setdefault(f"{key}_per_cpu_s", []).append(m["per_cpu_s"])
                     lat = self.latency(f"http://127.0.0.1:{http}/small", rate)
                     results[name].setdefault("latency_p50_us", []).append(lat["p50_us"])
                     results[name].setdefault("latency_p99_us", []).append(lat["p99_us"])
@@ -381,23 +418,38 @@ LABELS = {
 }
 
 
-def markdown(results, curves, meta):
+THROUGHPUT = ["http1_small_rps", "https_small_rps", "tls_handshakes_per_s", "h2_small_rps", "http1_100k_mb_s"]
+
+
+def table(results, keys, value, label):
+    """Markdown rows: one per key, a column per proxy, then Switchyard's ratio to each peer."""
     proxies = list(results)
     peers = [p for p in proxies if p != "switchyard"]
     head = "| scenario | " + " | ".join(proxies) + " | " + " | ".join(f"switchyard / {p}" for p in peers) + " |"
     rows = [head, "|" + "---|" * (1 + len(proxies) + len(peers))]
-    for key, (label, higher_better) in LABELS.items():
-        vals = [results[p].get(key) for p in proxies]
+    for key in keys:
+        cells = [value(results[p], key) for p in proxies]
         ratios = []
         for p in peers:
-            a, b = results["switchyard"].get(key), results[p].get(key)
+            a, b = results["switchyard"].get(label(key)), results[p].get(label(key))
             ratios.append(f"{a / b:.2f}" if a and b else "-")
-        rows.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + " | " + " | ".join(ratios) + " |")
+        rows.append(f"| {LABELS[key][0]} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return rows
+
+
+def markdown(results, curves, meta):
     out = [f"# Load comparison ({meta['mode']})", "",
            f"One worker per proxy pinned to CPU {PROXY_CPU}; load generator and upstream on CPU {LOAD_CPU}. "
            f"{meta['rounds']} round(s) of {meta['duration']} s per scenario, median reported. "
            "For latency and memory, lower is better; above 1.00 means Switchyard is higher.", ""]
-    out += rows
+    out += table(results, list(LABELS), lambda r, k: fmt(r.get(k)), lambda k: k)
+    out += ["", "## Per busy core", "",
+            "The measured rate divided by the share of its core the proxy used during the run "
+            "(in parentheses): what one fully used core gives. Where a proxy's core was not "
+            "saturated, the load generator was the bottleneck and the rate above understates it.", ""]
+    out += table(results, THROUGHPUT,
+                 lambda r, k: f"{fmt(r.get(k + '_per_cpu_s'))} ({r.get(k + '_cpu_busy', 0) * 100:.0f}%)",
+                 lambda k: k + "_per_cpu_s")
     out += ["", "## Switchyard cost curves", "", "| measure | value |", "|---|---|"]
     for k, v in curves.items():
         out.append(f"| {k} | {fmt(v)} |")
