@@ -72,6 +72,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    /// What the rest of the exchange needs from the response head, kept
+    /// after the head itself is handed to the caller (no copy of its maps).
+    resp_head: Option<RespHead>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -109,6 +112,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            resp_head: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -355,6 +359,7 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.resp_head = Some(RespHead::of(&response_header));
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -462,13 +467,20 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    ///
+    /// The head is handed over, not copied: afterwards [`Self::resp_header`]
+    /// and [`Self::get_header`] return `None`, while the status, framing and
+    /// keep-alive decisions of this session still follow it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        match self.response_header.take() {
+            Some(header) => Ok(header),
+            None => Error::e_explain(InternalError, "response header read but not stored"),
+        }
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    /// and not yet handed out by [`Self::read_resp_header_parts`]
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -490,7 +502,7 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        self.resp_head.as_ref().map(|h| h.status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -608,11 +620,10 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
+        if self
+            .resp_head
+            .as_ref()
+            .is_some_and(|h| h.version == Version::HTTP_10 && h.transfer_encoding)
         {
             self.set_keepalive(None);
             return;
@@ -628,7 +639,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if self.resp_head.as_ref().map(|h| h.version) == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -649,7 +660,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => self.resp_head.as_ref().and_then(|h| h.connection),
         }
     }
 
@@ -658,29 +669,70 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
-            return (None, None);
-        };
+        self.resp_head
+            .as_ref()
+            .map_or((None, None), |h| h.keepalive_values)
+    }
+}
 
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
+/// The parts of a response head that the session consults after the head
+/// itself has been handed to the caller.
+#[derive(Debug, Clone, Copy)]
+struct RespHead {
+    status: StatusCode,
+    version: Version,
+    transfer_encoding: bool,
+    chunked: bool,
+    /// `None` also when the value is invalid (tolerated as close-delimited).
+    content_length: Option<usize>,
+    /// What `Connection` says: keep-alive, close, or neither.
+    connection: Option<bool>,
+    /// `Keep-Alive: timeout=.., max=..`.
+    keepalive_values: (Option<u64>, Option<usize>),
+}
 
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
+impl RespHead {
+    fn of(h: &ResponseHeader) -> Self {
+        RespHead {
+            status: h.status,
+            version: h.version,
+            transfer_encoding: h.headers.contains_key(header::TRANSFER_ENCODING),
+            chunked: is_chunked_encoding_from_headers(&h.headers),
+            content_length: content_length_for_framing(&h.headers).unwrap_or(None),
+            connection: is_buf_keepalive(h.headers.get(header::CONNECTION)),
+            keepalive_values: keepalive_values(h.headers.get(KEEP_ALIVE)),
         }
+    }
+}
 
-        (timeout, max)
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000
+fn keepalive_values(keep_alive_header: Option<&HeaderValue>) -> (Option<u64>, Option<usize>) {
+    let Some(keep_alive_header) = keep_alive_header else {
+        return (None, None);
+    };
+
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
     }
 
+    (timeout, max)
+}
+
+impl HttpSession {
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
     /// before dropping [`HttpSession`]
     pub async fn shutdown(&mut self) {
@@ -760,7 +812,7 @@ impl HttpSession {
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = self.get_content_length() {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
@@ -805,17 +857,12 @@ impl HttpSession {
         }
     }
 
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
-        }
+    fn get_content_length(&self) -> Option<usize> {
+        self.resp_head.as_ref().and_then(|h| h.content_length)
     }
 
     fn is_chunked_encoding(&self) -> bool {
-        self.resp_header()
-            .map(|h| is_chunked_encoding_from_headers(&h.headers))
-            .unwrap_or(false)
+        self.resp_head.as_ref().is_some_and(|h| h.chunked)
     }
 
     fn init_req_body_writer(&mut self, header: &RequestHeader) {
@@ -1039,6 +1086,52 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn handed_out_head_still_decides_status_framing_and_keepalive() {
+        init_log();
+        // Keep-alive with a length: reusable once the body is read.
+        let input = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7\r\nContent-Length: 3\r\n\r\nabc";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let head = http_stream.read_resp_header_parts().await.unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.headers.len(), 3);
+        assert!(http_stream.resp_header().is_none());
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+        assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"abc");
+        assert!(http_stream.is_body_done());
+        http_stream.respect_keepalive();
+        assert_eq!(
+            http_stream.keepalive_timeout,
+            KeepaliveStatus::Timeout(Duration::from_secs(7))
+        );
+
+        // `Connection: close` and a chunked body, through read_response_task.
+        let input = b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let task = http_stream.read_response_task().await.unwrap();
+        assert!(matches!(task, HttpTask::Header(_, false)));
+        assert!(http_stream.is_chunked_encoding());
+        let mut body = Vec::new();
+        while let HttpTask::Body(Some(b), _) = http_stream.read_response_task().await.unwrap() {
+            body.extend_from_slice(&b);
+        }
+        assert_eq!(body, b"abc");
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
+
+        // HTTP/1.0 with no Connection header: not kept alive.
+        let input = b"HTTP/1.0 204 No Content\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_resp_header_parts().await.unwrap();
+        assert_eq!(http_stream.get_status(), Some(StatusCode::NO_CONTENT));
+        assert!(http_stream.is_body_done());
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
     }
 
     #[tokio::test]
