@@ -539,7 +539,9 @@ pub struct Stream {
     offload_wait_duration: Option<Duration>,
     /// The distributed tracing object for this stream
     pub tracer: Option<Tracer>,
-    read_pending_time: AccumulatedDuration,
+    // Switchyard: the time reads waited is not measured (two clock reads
+    // per read that waits, and nothing reads it); `get_read_pending_time`
+    // is the trait's zero.
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
@@ -663,7 +665,6 @@ impl From<TcpStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
             read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
@@ -687,7 +688,6 @@ impl From<virt::VirtualSocketStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
             read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
@@ -712,7 +712,6 @@ impl From<UnixStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
             read_watch: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
@@ -798,10 +797,6 @@ impl GetTimingDigest for Stream {
             offload_wait_duration: self.offload_wait_duration,
         }));
         digest
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.read_pending_time.total
     }
 
     fn get_write_pending_time(&self) -> Duration {
@@ -892,7 +887,6 @@ impl AsyncRead for Stream {
             Some(watch) => watch.watch(cx, result),
             None => result,
         };
-        self.read_pending_time.poll_time(&result);
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }
