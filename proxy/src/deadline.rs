@@ -637,11 +637,57 @@ impl Peek for DeadlineStream {
     fn release_idle_buffers(&mut self) {
         self.inner.release_idle_buffers();
     }
+
+    /// The head buffer of a waiting read goes with the connection's own
+    /// buffers: once it has waited `RELEASE_AFTER` (the timer that releases
+    /// them wakes the read), not at every wait of a busy connection.
+    fn idle_buffers_released(&self) -> bool {
+        self.released
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read waiting for a head keeps its buffer while the connection is
+    /// busy and gives it back with the connection's own buffers: the
+    /// wrapper says so only once it has waited `RELEASE_AFTER`.
+    #[tokio::test]
+    async fn head_buffers_go_back_only_after_the_release_wait() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let mut conn = DeadlineStream::new(
+            Box::new(pingora_core::protocols::l4::stream::Stream::from(accepted)),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            None,
+        );
+        let mut buf = [0u8; 256];
+        assert!(!conn.idle_buffers_released(), "nothing waited yet");
+        let waits = std::future::poll_fn(|cx| {
+            let mut read = tokio::io::ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut conn).poll_read(cx, &mut read).is_pending())
+        })
+        .await;
+        assert!(waits, "no bytes came");
+        assert!(!conn.idle_buffers_released(), "a wait keeps them at first");
+        let late = tokio::time::timeout(RELEASE_AFTER * 3, conn.read(&mut buf)).await;
+        assert!(late.is_err(), "no bytes came");
+        assert!(conn.idle_buffers_released(), "released after the wait");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("send");
+        let n = conn.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(!conn.idle_buffers_released(), "a head came: busy again");
+    }
 
     #[test]
     fn refusals_are_well_framed() {

@@ -88,6 +88,16 @@ pub trait Peek {
     /// default).
     fn release_idle_buffers(&mut self) {}
 
+    /// Switchyard: whether a reader whose read on this stream has to wait
+    /// should give back its own empty buffers now. `true` by default: give
+    /// them back at every wait. A stream that times idleness itself (see
+    /// [`Self::release_idle_buffers`]) says so once it has given back its
+    /// own, and wakes the waiting read when it does, so a busy connection
+    /// keeps its buffers between requests and an idle one holds none.
+    fn idle_buffers_released(&self) -> bool {
+        true
+    }
+
     /// Switchyard: a read call begins whose waits must end within
     /// `timeout` (`None`: untimed). Returns whether this stream times its
     /// reads itself ([`read_watch::ReadWatch`], one timer kept across

@@ -43,21 +43,23 @@ use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
 
 /// Switchyard: reads into `buf` like `read_buf`, but an empty `buf` gets its
-/// room (`INIT_HEADER_BUF_SIZE`) only for the poll that finds bytes; a poll
-/// that has to wait gives the room back. A keep-alive connection waiting
-/// for its next request then holds no head buffer (4 KiB per idle
-/// connection); a busy one pays an allocation and a free per wait.
+/// room (`INIT_HEADER_BUF_SIZE`) when a poll needs it, and a poll that has
+/// to wait gives the room back once the stream says its own idle buffers
+/// are given back (`Peek::idle_buffers_released`: at every wait by
+/// default, after 100 ms of waiting behind Switchyard's connection
+/// wrapper). A keep-alive connection waiting for its next request then
+/// holds no head buffer (4 KiB per idle connection), and a busy one does
+/// not pay an allocation and a free per wait.
 fn read_buf_lazy<'a>(
     stream: &'a mut Stream,
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
-        let fresh = buf.capacity() == 0;
-        if fresh {
+        if buf.capacity() == 0 {
             buf.reserve(INIT_HEADER_BUF_SIZE);
         }
         let polled = std::future::Future::poll(std::pin::pin!(stream.read_buf(&mut *buf)), cx);
-        if fresh && polled.is_pending() {
+        if polled.is_pending() && buf.is_empty() && stream.idle_buffers_released() {
             *buf = BytesMut::new();
         }
         polled
