@@ -202,11 +202,18 @@ impl Reloader {
             if let Some(config) = state.pending.take() {
                 return self.apply(&mut state, config, text, trigger, started);
             }
-            if trigger == "SIGHUP" {
-                tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+            // A file already refused (by the watcher, perhaps a moment
+            // before) is refused again when a reload is asked for, so the
+            // caller learns why it is not served instead of "unchanged";
+            // the watcher's own repeats stay quiet.
+            let asked = matches!(trigger, "admin API" | "SIGHUP");
+            if !(asked && text != state.applied_text) {
+                if trigger == "SIGHUP" {
+                    tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
+                }
+                self.check_certificates(&mut state);
+                return Outcome::Unchanged(state.generation);
             }
-            self.check_certificates(&mut state);
-            return Outcome::Unchanged(state.generation);
         }
         state.last_text = text.clone();
         state.pending = None;
