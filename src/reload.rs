@@ -202,6 +202,9 @@ impl Reloader {
             if let Some(config) = state.pending.take() {
                 return self.apply(&mut state, config, text, trigger, started);
             }
+            // Certificate files replaced under the served config are
+            // picked up whatever the config file on disk says.
+            self.check_certificates(&mut state);
             // A file already refused (by the watcher, perhaps a moment
             // before) is refused again when a reload is asked for, so the
             // caller learns why it is not served instead of "unchanged";
@@ -211,7 +214,6 @@ impl Reloader {
                 if trigger == "SIGHUP" {
                     tracing::info!(%file, generation = state.generation, "SIGHUP: config file unchanged; nothing to apply");
                 }
-                self.check_certificates(&mut state);
                 return Outcome::Unchanged(state.generation);
             }
         }
