@@ -139,10 +139,25 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // A request without a body, cache or custom messages needs no duplex pump:
+        // read the response and write it downstream in one future, without the two
+        // task pipes and the join of two halves.
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && self.bodiless_request_fits_single_pump(session)
+        {
+            return match self.proxy_bodiless_1to1(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -243,6 +258,128 @@ where
         session.set_upstream_write_pending_time(upstream_write_pending);
 
         (server_session_reuse, client_session_reuse, error)
+    }
+
+    /// Whether this request can be proxied by [`Self::proxy_bodiless_1to1`]: an HTTP/1
+    /// or HTTP/2 downstream request that has no body (and no retry buffer), is not an
+    /// upgrade, and has no cache in play.
+    fn bodiless_request_fits_single_pump(&self, session: &mut Session) -> bool {
+        matches!(session.downstream_session.session_type(), "h1" | "h2")
+            && !session.downstream_session.supports_proxy_task_api()
+            && !session.downstream_session.is_upgrade_req()
+            && session.h1_upgrade_request_status.upstream == Some(false)
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_empty()
+            && session.as_ref().get_retry_buffer().is_none()
+    }
+
+    /// Proxy a request without a body to an HTTP/1 upstream in one future: the end of
+    /// the request goes through the request body filters and to the upstream, then
+    /// the response is read, filtered and written downstream batch by batch, while
+    /// the downstream is watched for the client going away. Same filters, errors
+    /// and reuse decisions as the duplex pump, without its two task pipes.
+    ///
+    /// Returns whether the downstream and the upstream sessions can be reused.
+    async fn proxy_bodiless_1to1(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The end of the request body, through the filters the pump runs it through.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            // As in the pump: a complete response can still be forwarded, but the
+            // partially written request makes the connection unsafe to reuse.
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut response_state = ResponseStateMachine::new();
+        let mut watch_downstream = true;
+
+        loop {
+            let first = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    // With no body expected this only ends when the client goes away.
+                    if let Err(e) = res {
+                        return Err(e.into_down());
+                    }
+                    watch_downstream = false;
+                    continue;
+                }
+            };
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut failed = false;
+            match first {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                    failed = true;
+                }
+            }
+            // Whatever else of the response is already here goes out in the same write.
+            while !failed && !tasks.last().is_some_and(|t| t.is_end()) {
+                match client_session.read_response_task().now_or_never() {
+                    Some(Ok(task)) => tasks.push(task),
+                    Some(Err(e)) => {
+                        tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                        failed = true;
+                    }
+                    None => break,
+                }
+            }
+            let response_done = self
+                .filter_and_write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?;
+            if failed {
+                // A response read error means the HTTP/1 message boundary was not
+                // established, so the connection cannot be reused; the write above
+                // normally surfaces the error itself.
+                return Ok((false, false));
+            }
+            if response_done.unwrap_or(false) {
+                break;
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => {
+                debug!("finished sending body to downstream");
+                true
+            }
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        Ok((reuse_downstream, upstream_can_reuse))
     }
 
     async fn proxy_handle_upstream(
@@ -400,6 +537,34 @@ where
             }
         }
 
+        self.filter_and_write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Run the response filters over a batch of upstream tasks and write the result
+    /// downstream in one go. Returns `None` when nothing was sent downstream (e.g.
+    /// serving from cache), otherwise whether the response is complete.
+    #[allow(clippy::too_many_arguments)]
+    async fn filter_and_write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
@@ -1273,5 +1438,158 @@ mod tests {
 
         assert_eq!(err.etype(), &InvalidHTTPHeader);
         assert_eq!(err.esource(), &ErrorSource::Upstream);
+    }
+
+    struct PlainForward;
+
+    #[async_trait]
+    impl ProxyHttp for PlainForward {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("test calls proxy_1to1 directly")
+        }
+    }
+
+    /// A downstream session that has read `request`, and the client's end of it.
+    async fn downstream_with(request: &[u8]) -> (tokio::io::DuplexStream, Session) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(request)
+            .await
+            .expect("test request should be written");
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session
+            .read_request()
+            .await
+            .expect("test request should parse");
+        (client, session)
+    }
+
+    /// An upstream connection whose server end reads one request head and then runs `serve`.
+    fn upstream_with<F, Fut>(serve: F) -> (HttpSessionV1, tokio::task::JoinHandle<Vec<u8>>)
+    where
+        F: FnOnce(tokio::io::DuplexStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        use tokio::io::AsyncReadExt;
+        let (client, mut server) = tokio::io::duplex(4096);
+        let handle = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = server.read(&mut buf).await.expect("upstream read");
+                assert!(
+                    n > 0,
+                    "the proxy closed before sending a whole request head"
+                );
+                head.extend_from_slice(&buf[..n]);
+            }
+            serve(server).await;
+            head
+        });
+        (
+            HttpSessionV1::new(Box::new(client) as pingora_core::protocols::Stream),
+            handle,
+        )
+    }
+
+    async fn read_to_end(mut client: tokio::io::DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        // The proxy keeps the connection open; stop once the whole body is there.
+        while !String::from_utf8_lossy(&out).ends_with("hello world") {
+            let n = client.read(&mut buf).await.expect("downstream read");
+            assert!(
+                n > 0,
+                "downstream closed early: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_forwards_a_response_that_arrives_in_pieces() {
+        let proxy = HttpProxy::new(PlainForward, Arc::new(ServerConf::default()));
+        let (client, mut session) =
+            downstream_with(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        let (mut upstream, served) = upstream_with(|mut server| async move {
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+                .await
+                .expect("upstream write");
+            tokio::task::yield_now().await;
+            server.write_all(b" world").await.expect("upstream write");
+            // Hold the connection open: the proxy must not wait for it to close.
+            std::future::pending::<()>().await;
+        });
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+
+        let (downstream_reuse, upstream_reuse, err) = proxy
+            .proxy_1to1(&mut session, &mut upstream, &peer, &mut ())
+            .await;
+
+        assert!(err.is_none(), "unexpected error: {err:?}");
+        assert!(downstream_reuse && upstream_reuse);
+        let response = read_to_end(client).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response
+            .to_ascii_lowercase()
+            .contains("content-length: 11\r\n"));
+        served.abort();
+        let _ = served.await;
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_sends_the_request_head_and_reports_an_upstream_failure() {
+        let proxy = HttpProxy::new(PlainForward, Arc::new(ServerConf::default()));
+        let (_client, mut session) =
+            downstream_with(b"GET /b HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        // The upstream reads the request and hangs up without a response.
+        let (mut upstream, served) = upstream_with(|server| async move { drop(server) });
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+
+        let (_, upstream_reuse, err) = proxy
+            .proxy_1to1(&mut session, &mut upstream, &peer, &mut ())
+            .await;
+
+        let head = String::from_utf8(served.await.expect("upstream task")).expect("utf-8 head");
+        assert!(head.starts_with("GET /b HTTP/1.1\r\n"), "{head}");
+        let err = err.expect("an upstream that hangs up is an error");
+        assert_eq!(err.esource(), &ErrorSource::Upstream, "{err}");
+        assert!(!upstream_reuse);
+    }
+
+    #[tokio::test]
+    async fn bodiless_request_stops_waiting_when_the_client_goes_away() {
+        let proxy = HttpProxy::new(PlainForward, Arc::new(ServerConf::default()));
+        let (client, mut session) =
+            downstream_with(b"GET /c HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        // The upstream never answers; the client gives up once the request is upstream.
+        let (mut upstream, served) = upstream_with(move |server| async move {
+            drop(client);
+            let _held_open = server;
+            std::future::pending::<()>().await;
+        });
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+
+        let (downstream_reuse, upstream_reuse, err) = proxy
+            .proxy_1to1(&mut session, &mut upstream, &peer, &mut ())
+            .await;
+
+        let err = err.expect("a client that goes away ends the request");
+        assert_eq!(err.esource(), &ErrorSource::Downstream, "{err}");
+        assert!(!downstream_reuse && !upstream_reuse);
+        served.abort();
+        let _ = served.await;
     }
 }
