@@ -187,3 +187,89 @@ async fn an_idle_upstream_connection_the_backend_closed_is_closed_and_not_reused
     }
     backend.abort();
 }
+
+/// A backend that records each request head as it came and answers every
+/// request with `reply`, keeping the connection open.
+async fn spelling_backend(
+    reply: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = heads.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut tcp).await {
+                    log.lock()
+                        .expect("log")
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    if tcp.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads, task)
+}
+
+/// The header names of a head, as spelled on the wire.
+fn names(head: &str) -> Vec<&str> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_spelling_both_ways() {
+    for (reply, expect) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App-Version: 7\r\nCache-Control: no-store\r\n\r\nok"[..],
+            ["Content-Length", "X-App-Version", "Cache-Control"],
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-app-version: 7\r\nCACHE-CONTROL: no-store\r\n\r\nok"[..],
+            ["content-length", "x-app-version", "CACHE-CONTROL"],
+        ),
+    ] {
+        let (addr, heads, task) = spelling_backend(reply).await;
+        let proxy = Proxy::start(&one_service(addr)).await;
+        for request in [
+            "GET /a HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nX-Trace-Id: 1\r\n\r\n",
+            "GET /b HTTP/1.1\r\nhost: a\r\nuser-agent: t\r\nX-TRACE-ID: 1\r\n\r\n",
+        ] {
+            let mut tcp = tokio::net::TcpStream::connect(proxy.addr)
+                .await
+                .expect("connect");
+            tcp.write_all(request.as_bytes()).await.expect("write");
+            let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut tcp))
+                .await
+                .expect("response in time")
+                .expect("a response head");
+            let head = String::from_utf8_lossy(&head).into_owned();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let got = names(&head);
+            // The backend's names reach the client as the backend spelled them.
+            for name in expect {
+                assert!(got.contains(&name), "{name} not in {got:?}");
+            }
+            // And the client's reach the backend as the client spelled them.
+            let seen = heads.lock().expect("log").pop().expect("a request upstream");
+            let upstream = names(&seen);
+            for name in names(request) {
+                assert!(upstream.contains(&name), "{name} not in {upstream:?}");
+            }
+        }
+        drop(proxy);
+        task.abort();
+    }
+}

@@ -105,6 +105,47 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
     })
 }
 
+/// Write `header_name` the way a header without a case map spells it: the
+/// usual spelling of a common standard name, otherwise each dash-separated
+/// word with its first letter in uppercase (`X-Request-Id`).
+pub(crate) fn put_default_case(header_name: &HeaderName, buf: &mut impl bytes::BufMut) {
+    if let Some(titled) = titled_header_name_str(header_name) {
+        buf.put_slice(titled.as_bytes());
+        return;
+    }
+    for (i, word) in header_name
+        .as_str()
+        .as_bytes()
+        .split(|b| *b == b'-')
+        .enumerate()
+    {
+        if i > 0 {
+            buf.put_u8(b'-');
+        }
+        if let Some((first, rest)) = word.split_first() {
+            buf.put_u8(first.to_ascii_uppercase());
+            buf.put_slice(rest);
+        }
+    }
+}
+
+/// Whether `wire` is exactly how [`put_default_case`] writes `header_name`.
+pub(crate) fn is_default_case(header_name: &HeaderName, wire: &[u8]) -> bool {
+    if let Some(titled) = titled_header_name_str(header_name) {
+        return titled.as_bytes() == wire;
+    }
+    let name = header_name.as_str().as_bytes();
+    name.len() == wire.len()
+        && name.iter().zip(wire).enumerate().all(|(i, (n, w))| {
+            let word_start = i == 0 || name[i - 1] == b'-';
+            *w == if word_start {
+                n.to_ascii_uppercase()
+            } else {
+                *n
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

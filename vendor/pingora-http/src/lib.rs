@@ -22,7 +22,7 @@
 
 #![allow(clippy::new_without_default)]
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
@@ -209,6 +209,27 @@ impl RequestHeader {
             name,
             header_value,
         )
+    }
+
+    /// Append a header whose name is already parsed, without recording a
+    /// spelling for it: meant for a header built without a case map (see
+    /// [`Self::keep_wire_case`]). With a case map, the name is recorded in
+    /// its usual Title-Case, as [`Self::append_header`] would.
+    pub fn append_parsed_header(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        append_parsed_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            value,
+        )
+    }
+
+    /// Keep the spelling of the header names as they were read: `names`
+    /// are the names of every header appended so far, in the order they
+    /// were appended. Replaces any case map.
+    pub fn keep_wire_case(&mut self, names: impl IntoIterator<Item = Bytes>) -> Result<()> {
+        self.header_name_map = Some(wire_case_map(names, self.base.headers.len())?);
+        Ok(())
     }
 
     /// Make room for `additional` more headers in one step, so a caller
@@ -599,6 +620,27 @@ impl ResponseHeader {
         )
     }
 
+    /// Append a header whose name is already parsed, without recording a
+    /// spelling for it: meant for a header built without a case map (see
+    /// [`Self::keep_wire_case`]). With a case map, the name is recorded in
+    /// its usual Title-Case, as [`Self::append_header`] would.
+    pub fn append_parsed_header(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        append_parsed_header_value(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            name,
+            value,
+        )
+    }
+
+    /// Keep the spelling of the header names as they were read: `names`
+    /// are the names of every header appended so far, in the order they
+    /// were appended. Replaces any case map.
+    pub fn keep_wire_case(&mut self, names: impl IntoIterator<Item = Bytes>) -> Result<()> {
+        self.header_name_map = Some(wire_case_map(names, self.base.headers.len())?);
+        Ok(())
+    }
+
     /// Insert a header whose name is already parsed, written on the wire as
     /// `case`. Unlike [`Self::insert_header`], the name is neither parsed
     /// nor copied: a name built once (`HeaderName::from_static`) costs
@@ -931,6 +973,46 @@ fn append_header_value<T>(
     )
 }
 
+/// Whether a header name read off the wire as `wire` is written back the same
+/// way by a header without a case map (see `header_to_h1_wire`): in
+/// Title-Case (`Content-Length`, `X-Request-Id`). When every name of a
+/// message is, its case map can be left out.
+pub fn is_default_wire_case(name: &HeaderName, wire: &[u8]) -> bool {
+    case_header_name::is_default_case(name, wire)
+}
+
+fn append_parsed_header_value<T>(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap<T>,
+    name: HeaderName,
+    value: T,
+) -> Result<()> {
+    if let Some(name_map) = name_map {
+        name_map
+            .try_append(name.clone(), (&name).into_case_header_name())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    value_map.try_append(name, value).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
+    Ok(())
+}
+
+/// The case map of headers read with these names, in the order they were
+/// appended to the value map: appending in the same order groups the names
+/// the way the value map does, so the two iterate in step.
+fn wire_case_map(names: impl IntoIterator<Item = Bytes>, size: usize) -> Result<CaseMap> {
+    let mut map = CaseMap::with_capacity(size);
+    for wire in names {
+        let name =
+            HeaderName::from_bytes(&wire).or_err(InvalidHTTPHeader, "invalid header name")?;
+        map.try_append(name, wire.into_case_header_name())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    Ok(map)
+}
+
 #[inline]
 fn insert_header_value<T>(
     name_map: Option<&mut CaseMap>,
@@ -1096,9 +1178,7 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
         });
     } else {
         for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
+            case_header_name::put_default_case(header, buf);
             buf.put_slice(HEADER_KV_DELIMITER);
             buf.put_slice(value.as_ref());
             buf.put_slice(CRLF);
@@ -1125,6 +1205,52 @@ fn case_header_iter<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn default_wire_case_is_title_case() {
+        let cl = http::header::CONTENT_LENGTH;
+        assert!(is_default_wire_case(&cl, b"Content-Length"));
+        assert!(!is_default_wire_case(&cl, b"content-length"));
+        let ua = http::header::USER_AGENT;
+        assert!(is_default_wire_case(&ua, b"User-Agent"));
+        let custom = HeaderName::from_static("x-request-id");
+        assert!(is_default_wire_case(&custom, b"X-Request-Id"));
+        assert!(!is_default_wire_case(&custom, b"x-request-id"));
+        assert!(!is_default_wire_case(&custom, b"X-Request-ID"));
+        assert!(!is_default_wire_case(&custom, b"X-Request-I"));
+
+        // And that is how a header without a case map writes them.
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        for name in [cl, ua, custom] {
+            resp.append_parsed_header(name, HeaderValue::from_static("1"))
+                .unwrap();
+        }
+        resp.append_header("a--b-", "2").unwrap();
+        let mut out = Vec::new();
+        resp.header_to_h1_wire(&mut out);
+        assert_eq!(
+            out,
+            b"Content-Length: 1\r\nUser-Agent: 1\r\nX-Request-Id: 1\r\nA--B-: 2\r\n"
+        );
+    }
+
+    #[test]
+    fn keep_wire_case_after_parsed_appends_writes_names_as_read() {
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        let names = ["set-cookie", "X-Id", "Set-Cookie"];
+        for n in names {
+            resp.append_parsed_header(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            )
+            .unwrap();
+        }
+        resp.keep_wire_case(names.iter().map(|n| Bytes::from_static(n.as_bytes())))
+            .unwrap();
+        let mut out = Vec::new();
+        resp.header_to_h1_wire(&mut out);
+        assert_eq!(out, b"set-cookie: v\r\nSet-Cookie: v\r\nX-Id: v\r\n");
+    }
+
     use super::*;
 
     #[test]
@@ -1180,7 +1306,8 @@ mod tests {
         req.insert_header("FoO", "Bar").unwrap();
         let mut buf: Vec<u8> = vec![];
         req.header_to_h1_wire(&mut buf);
-        assert_eq!(buf, b"foo: Bar\r\n");
+        // Switchyard: without a case map, names are written in Title-Case.
+        assert_eq!(buf, b"Foo: Bar\r\n");
         assert!(req.case_header_iter().next().is_none());
 
         let mut resp = ResponseHeader::new_no_case(None);
@@ -1188,7 +1315,7 @@ mod tests {
         resp.insert_header("FoO", "Bar").unwrap();
         let mut buf: Vec<u8> = vec![];
         resp.header_to_h1_wire(&mut buf);
-        assert_eq!(buf, b"foo: Bar\r\n");
+        assert_eq!(buf, b"Foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
     }
 

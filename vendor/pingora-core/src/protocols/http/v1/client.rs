@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
-use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{HMap, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::str;
@@ -307,7 +307,9 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        // Without a case map: one is kept below only if a name
+                        // is spelled its own way.
+                        let mut response_header = match ResponseHeader::build_no_case(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {
@@ -330,13 +332,31 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
-                        for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
+                        let mut default_case = true;
+                        for header in &header_refs {
+                            let wire_name = header.get_name(&buf);
+                            let header_name = match http::HeaderName::from_bytes(wire_name)
+                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                            {
+                                Ok(name) => name,
+                                Err(e) => return self.fail_response_header_read(e),
+                            };
+                            default_case &=
+                                pingora_http::is_default_wire_case(&header_name, wire_name);
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
                             if let Err(e) = response_header
-                                .append_header(header_name, header_value)
+                                .append_parsed_header(header_name, header_value)
+                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                            {
+                                return self.fail_response_header_read(e);
+                            }
+                        }
+                        if !default_case {
+                            // A name spelled its own way: every name is written
+                            // downstream as it was read.
+                            if let Err(e) = response_header
+                                .keep_wire_case(header_refs.iter().map(|h| h.get_name_bytes(&buf)))
                                 .or_err(InvalidHTTPHeader, "while parsing request header")
                             {
                                 return self.fail_response_header_read(e);
@@ -1072,6 +1092,35 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// The header names of `head` as `header_to_h1_wire` writes them back.
+    fn wire_names(head: &ResponseHeader) -> Vec<String> {
+        let mut out = Vec::new();
+        head.header_to_h1_wire(&mut out);
+        String::from_utf8(out)
+            .expect("utf-8 head")
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(n, _)| n.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn read_response_keeps_a_case_map_only_for_names_spelled_their_own_way() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 0\r\nX-Id: 1\r\n\r\n";
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.read_response().await.unwrap();
+        let head = http_stream.resp_header().unwrap();
+        assert!(!head.has_case());
+        assert_eq!(wire_names(head), ["Server", "Content-Length", "X-Id"]);
+
+        let input = b"HTTP/1.1 200 OK\r\nServer: x\r\ncontent-length: 0\r\nx-id: 1\r\n\r\n";
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.read_response().await.unwrap();
+        let head = http_stream.resp_header().unwrap();
+        assert!(head.has_case());
+        assert_eq!(wire_names(head), ["Server", "content-length", "x-id"]);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use log::{debug, trace, warn};
 use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
@@ -375,7 +375,9 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // Without a case map: one is kept below only if a name
+                        // is spelled its own way.
+                        let mut request_header = Box::new(RequestHeader::build_no_case(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -408,9 +410,13 @@ impl HttpSession {
                         };
                         let buf = buf.freeze();
 
-                        for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
+                        let mut default_case = true;
+                        for header in &header_refs {
+                            let wire_name = header.get_name(&buf);
+                            let header_name = http::HeaderName::from_bytes(wire_name)
+                                .or_err(InvalidHTTPHeader, "while parsing request header")?;
+                            default_case &=
+                                pingora_http::is_default_wire_case(&header_name, wire_name);
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
                             let header_value = unsafe {
@@ -418,7 +424,14 @@ impl HttpSession {
                             };
 
                             request_header
-                                .append_header(header_name, header_value)
+                                .append_parsed_header(header_name, header_value)
+                                .or_err(InvalidHTTPHeader, "while parsing request header")?;
+                        }
+                        if !default_case {
+                            // A name spelled its own way: every name is written
+                            // upstream as it was read.
+                            request_header
+                                .keep_wire_case(header_refs.iter().map(|h| h.get_name_bytes(&buf)))
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
@@ -1930,6 +1943,40 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// The header names of `head` as `header_to_h1_wire` writes them back.
+    fn wire_names(head: &RequestHeader) -> Vec<String> {
+        let mut out = Vec::new();
+        head.header_to_h1_wire(&mut out);
+        String::from_utf8(out)
+            .expect("utf-8 head")
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(n, _)| n.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn read_request_keeps_a_case_map_only_for_names_spelled_their_own_way() {
+        init_log();
+        // Every name as it is written anyway, in Title-Case. No case map,
+        // same names on the way out.
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nX-Trace: 1\r\nAccept: b\r\n\r\n";
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.read_request().await.unwrap();
+        let head = http_stream.req_header();
+        assert!(!head.has_case());
+        assert_eq!(wire_names(head), ["Host", "Accept", "Accept", "X-Trace"]);
+
+        // One name spelled its own way: every name goes out as it came in,
+        // including repeated ones between others.
+        let input = b"GET / HTTP/1.1\r\nhost: a\r\nAccept: */*\r\nx-trace: 1\r\nACCEPT: b\r\n\r\n";
+        let mut http_stream = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        http_stream.read_request().await.unwrap();
+        let head = http_stream.req_header();
+        assert!(head.has_case());
+        assert_eq!(wire_names(head), ["host", "Accept", "ACCEPT", "x-trace"]);
+        assert_eq!(head.headers.get_all("accept").iter().count(), 2);
     }
 
     #[cfg(feature = "patched_http1")]
