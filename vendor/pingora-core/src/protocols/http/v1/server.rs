@@ -885,15 +885,15 @@ impl HttpSession {
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
-
-            // TODO: make these lazy static
+            // Switchyard: names and values built once, not parsed and copied
+            // for every response.
+            header.insert_parsed_header(&header::DATE, "Date", date::get_cached_date())?;
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                HeaderValue::from_static("close")
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            header.insert_parsed_header(&header::CONNECTION, "Connection", connection_value)?;
         }
 
         if header.status == 101 {
