@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{read_head, Client, Proxy, ProxyOptions, Upstream};
+use crate::harness::{raw_backend, read_head, Client, Proxy, ProxyOptions, Upstream};
 
 /// Sends `raw`, reads until the proxy closes (or 5 s pass); returns what
 /// came back and whether the connection was closed.
@@ -478,45 +478,6 @@ async fn a_websocket_stays_on_its_backend_across_a_reload_and_a_weight_change() 
     assert_eq!(blue.hits(), 1, "the socket stayed on blue");
 }
 
-/// A raw upstream that answers every connection with `reply` (then closes
-/// it), counting connections and the requests' first lines.
-async fn scripted_upstream(
-    reply: &'static [u8],
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let Some(head) = read_head(&mut tcp).await else {
-                    return;
-                };
-                let first = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                log.lock().expect("log").push(first);
-                let _ = tcp.write_all(reply).await;
-                // Close without reading more.
-            });
-        }
-    });
-    (addr, seen, task)
-}
-
 /// Reads one response with a fresh connection; returns the raw bytes and
 /// whether the proxy closed the connection. `close` asks it to.
 async fn fetch(proxy: &Proxy, method: &str, body: &str, close: bool) -> (String, bool) {
@@ -531,8 +492,11 @@ async fn fetch(proxy: &Proxy, method: &str, body: &str, close: bool) -> (String,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_dies_mid_body_gives_a_truncated_response() {
     // Content-Length promises 100 bytes; 5 come.
-    let (addr, _, _task) =
-        scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort").await;
+    let (addr, _, _task) = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+        false,
+    )
+    .await;
     let proxy = Proxy::start(&body(addr, "")).await;
     let (reply, closed) = fetch(&proxy, "GET", "", false).await;
     assert!(closed, "{reply:?}");
@@ -551,9 +515,11 @@ async fn an_upstream_that_dies_mid_body_gives_a_truncated_response() {
     drop(proxy);
 
     // Chunked: one chunk, then the upstream is gone.
-    let (addr, _, _task2) =
-        scripted_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-            .await;
+    let (addr, _, _task2) = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        false,
+    )
+    .await;
     let proxy = Proxy::start(&body(addr, "")).await;
     let (reply, closed) = fetch(&proxy, "GET", "", false).await;
     assert!(closed, "{reply:?}");
@@ -641,7 +607,7 @@ async fn ambiguous_upstream_framing_is_refused_with_502() {
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
         ),
     ] {
-        let (addr, _, _task) = scripted_upstream(script).await;
+        let (addr, _, _task) = raw_backend(script, false).await;
         let proxy = Proxy::start(&body(addr, "")).await;
         let (reply, closed) = fetch(&proxy, "GET", "", false).await;
         let ok = reply.starts_with("HTTP/1.1 502")
@@ -653,7 +619,7 @@ async fn ambiguous_upstream_framing_is_refused_with_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_is_never_replayed_to_another_backend() {
     // The first backend takes the request and dies without answering.
-    let (dead, dead_seen, _task) = scripted_upstream(b"").await;
+    let (dead, dead_seen, _task) = raw_backend(b"", false).await;
     let alive = Upstream::start("alive").await;
     let config = format!(
         "[[routes]]\nservice = \"app\"\n\n[services.app]\n\n\

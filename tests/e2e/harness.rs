@@ -47,7 +47,6 @@ where
     }
 }
 
-/// A loopback port no other test in this run was given.
 /// Reads from a raw connection until a whole HTTP head has arrived and
 /// returns what was read; `None` if the peer closed or failed first.
 pub async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
@@ -63,6 +62,45 @@ pub async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
+/// A backend speaking raw bytes on loopback: it answers every request head
+/// it reads with `reply` and records the head as it came. With `keep_open`
+/// it then reads the next head on the same connection; without, it closes
+/// the connection after its one answer.
+pub async fn raw_backend(
+    reply: &'static [u8],
+    keep_open: bool,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let log = heads.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut tcp).await {
+                    log.lock()
+                        .expect("log")
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    if tcp.write_all(reply).await.is_err() || !keep_open {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads, task)
+}
+
+/// A loopback port no other test in this run was given.
 pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed = HANDED_OUT.get_or_init(Default::default);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{read_head, Client, Proxy, Upstream};
+use crate::harness::{raw_backend, read_head, Client, Proxy, Upstream};
 
 fn one_service(addr: std::net::SocketAddr) -> String {
     format!("[[routes]]\nservice = \"s\"\n\n[services.s.pools.main]\nbackends = [\"{addr}\"]\n")
@@ -188,39 +188,6 @@ async fn an_idle_upstream_connection_the_backend_closed_is_closed_and_not_reused
     backend.abort();
 }
 
-/// A backend that records each request head as it came and answers every
-/// request with `reply`, keeping the connection open.
-async fn spelling_backend(
-    reply: &'static [u8],
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = heads.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                while let Some(head) = read_head(&mut tcp).await {
-                    log.lock()
-                        .expect("log")
-                        .push(String::from_utf8_lossy(&head).into_owned());
-                    if tcp.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads, task)
-}
-
 /// The header names of a head, as spelled on the wire.
 fn names(head: &str) -> Vec<&str> {
     head.lines()
@@ -241,7 +208,7 @@ async fn header_names_keep_their_spelling_both_ways() {
             ["content-length", "x-app-version", "CACHE-CONTROL"],
         ),
     ] {
-        let (addr, heads, task) = spelling_backend(reply).await;
+        let (addr, heads, task) = raw_backend(reply, true).await;
         let proxy = Proxy::start(&one_service(addr)).await;
         for request in [
             "GET /a HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nX-Trace-Id: 1\r\n\r\n",
