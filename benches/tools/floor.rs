@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
@@ -16,7 +15,6 @@ struct Floor {
     upstream: SocketAddr,
 }
 
-#[async_trait]
 impl ProxyHttp for Floor {
     type CTX = ();
 

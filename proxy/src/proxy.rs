@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_core::modules::http::HttpModules;
@@ -338,7 +337,6 @@ fn https_location(host: &str, port: Option<u16>, uri: &http::Uri) -> String {
     }
 }
 
-#[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 

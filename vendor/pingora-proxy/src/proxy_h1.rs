@@ -1336,7 +1336,6 @@ mod tests {
 
     struct ResponseFilter101;
 
-    #[async_trait]
     impl ProxyHttp for ResponseFilter101 {
         type CTX = ();
 
@@ -1442,7 +1441,6 @@ mod tests {
 
     struct PlainForward;
 
-    #[async_trait]
     impl ProxyHttp for PlainForward {
         type CTX = ();
 
