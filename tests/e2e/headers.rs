@@ -207,6 +207,16 @@ async fn header_names_keep_their_spelling_both_ways() {
             &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-app-version: 7\r\nCACHE-CONTROL: no-store\r\n\r\nok"[..],
             ["content-length", "x-app-version", "CACHE-CONTROL"],
         ),
+        // Standard names whose usual spelling is not Title-Case, and the
+        // same names in Title-Case.
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nETag: \"1\"\r\nWWW-Authenticate: Basic\r\n\r\nok"[..],
+            ["Content-Length", "ETag", "WWW-Authenticate"],
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nEtag: \"1\"\r\nWww-Authenticate: Basic\r\n\r\nok"[..],
+            ["Content-Length", "Etag", "Www-Authenticate"],
+        ),
     ] {
         let (addr, heads, task) = raw_backend(reply, true).await;
         let proxy = Proxy::start(&one_service(addr)).await;

@@ -97,6 +97,14 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
         header::HOST => "Host",
         header::SERVER => "Server",
         header::SET_COOKIE => "Set-Cookie",
+        // Switchyard: the usual spellings that are not Title-Case, so a
+        // head carrying them (`ETag` on most static responses) needs no
+        // case map and one without a map writes them the usual way.
+        header::ETAG => "ETag",
+        header::WWW_AUTHENTICATE => "WWW-Authenticate",
+        header::TE => "TE",
+        header::DNT => "DNT",
+        header::X_XSS_PROTECTION => "X-XSS-Protection",
         // TODO: add more const header here to map to their titled case
         // TODO: automatically upper case the first letter?
         _ => {

@@ -1217,10 +1217,18 @@ mod tests {
         assert!(!is_default_wire_case(&custom, b"x-request-id"));
         assert!(!is_default_wire_case(&custom, b"X-Request-ID"));
         assert!(!is_default_wire_case(&custom, b"X-Request-I"));
+        // Standard names usually spelled otherwise keep that spelling.
+        let etag = http::header::ETAG;
+        assert!(is_default_wire_case(&etag, b"ETag"));
+        assert!(!is_default_wire_case(&etag, b"Etag"));
+        assert!(is_default_wire_case(
+            &http::header::WWW_AUTHENTICATE,
+            b"WWW-Authenticate"
+        ));
 
         // And that is how a header without a case map writes them.
         let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
-        for name in [cl, ua, custom] {
+        for name in [cl, ua, custom, etag] {
             resp.append_parsed_header(name, HeaderValue::from_static("1"))
                 .unwrap();
         }
@@ -1229,7 +1237,7 @@ mod tests {
         resp.header_to_h1_wire(&mut out);
         assert_eq!(
             out,
-            b"Content-Length: 1\r\nUser-Agent: 1\r\nX-Request-Id: 1\r\nA--B-: 2\r\n"
+            b"Content-Length: 1\r\nUser-Agent: 1\r\nX-Request-Id: 1\r\nETag: 1\r\nA--B-: 2\r\n"
         );
     }
 
