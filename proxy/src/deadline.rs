@@ -233,6 +233,10 @@ impl DeadlineStream {
 
     /// Notes `new` bytes of a head; whether the head ended in them.
     fn head_ends(tail: &mut [u8; 3], tail_len: &mut usize, new: &[u8]) -> bool {
+        // The usual case: a whole head, alone in its read.
+        if new.ends_with(b"\r\n\r\n") {
+            return true;
+        }
         // Across the boundary: the kept tail and the first bytes of `new`.
         let mut edge = [0u8; 6];
         let head = new.len().min(3);
@@ -241,7 +245,7 @@ impl DeadlineStream {
         if edge[..*tail_len + head]
             .windows(4)
             .any(|w| w == b"\r\n\r\n")
-            || memchr::memmem::find(new, b"\r\n\r\n").is_some()
+            || blank_line().find(new).is_some()
         {
             return true;
         }
@@ -258,6 +262,14 @@ impl DeadlineStream {
         *tail_len = keep.len();
         false
     }
+}
+
+/// The searcher for the blank line that ends a head, built once: building
+/// one per search (`memmem::find`) costs more than searching a short head.
+fn blank_line() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
 }
 
 fn timed_out() -> io::Error {
