@@ -778,6 +778,18 @@ impl ResponseHeader {
             .or_else(|| self.base.status.canonical_reason())
     }
 
+    /// Move the parts out to send them, leaving `self` with the same status
+    /// and version but no headers (nor case map or extensions). For a
+    /// sender that keeps the head only to say what status went out: it
+    /// saves copying the header map that [`Self::as_owned_parts`] makes.
+    pub fn take_parts(&mut self) -> RespParts {
+        let (mut kept, ()) = http::Response::new(()).into_parts();
+        kept.status = self.base.status;
+        kept.version = self.base.version;
+        self.header_name_map = None;
+        std::mem::replace(&mut self.base, kept)
+    }
+
     /// Clone `self` into [http::response::Parts].
     pub fn as_owned_parts(&self) -> RespParts {
         clone_resp_parts(&self.base)
@@ -1239,6 +1251,19 @@ mod tests {
             out,
             b"Content-Length: 1\r\nUser-Agent: 1\r\nX-Request-Id: 1\r\nETag: 1\r\nA--B-: 2\r\n"
         );
+    }
+
+    #[test]
+    fn take_parts_moves_the_headers_and_keeps_the_status() {
+        let mut resp = ResponseHeader::build(201, None).unwrap();
+        resp.append_header("X-App", "1").unwrap();
+        let parts = resp.take_parts();
+        assert_eq!(parts.status, 201);
+        assert_eq!(parts.headers.get("x-app").unwrap(), "1");
+        assert_eq!(resp.status, 201);
+        assert_eq!(resp.version, parts.version);
+        assert!(resp.headers.is_empty());
+        assert!(resp.case_header_iter().next().is_none());
     }
 
     #[test]

@@ -643,13 +643,25 @@ impl HttpSession {
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
-        header.remove_header(&header::TRANSFER_ENCODING);
-        header.remove_header(&header::CONNECTION);
-        header.remove_header(&header::UPGRADE);
-        header.remove_header(&HeaderName::from_static("keep-alive"));
-        header.remove_header(&HeaderName::from_static("proxy-connection"));
+        // Switchyard: looked for in one pass over the names present; a
+        // response usually has none of them (a lookup per name otherwise).
+        let h1_only = [
+            header::TRANSFER_ENCODING,
+            header::CONNECTION,
+            header::UPGRADE,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+        ];
+        if header.headers.keys().any(|name| h1_only.contains(name)) {
+            for name in &h1_only {
+                header.remove_header(name);
+            }
+        }
 
-        let resp = Response::from_parts(header.as_owned_parts(), ());
+        // Switchyard: the headers are moved into the response rather than
+        // copied; `response_written` keeps the status and version, which is
+        // all that is read of it.
+        let resp = Response::from_parts(header.take_parts(), ());
 
         let body_writer = self.send_response.send_response(resp, end).or_err(
             ErrorType::WriteError,
