@@ -987,8 +987,9 @@ fn append_header_value<T>(
 
 /// Whether a header name read off the wire as `wire` is written back the same
 /// way by a header without a case map (see `header_to_h1_wire`): in
-/// Title-Case (`Content-Length`, `X-Request-Id`). When every name of a
-/// message is, its case map can be left out.
+/// Title-Case (`Content-Length`, `X-Request-Id`), or for the few standard
+/// names usually spelled otherwise, that spelling (`ETag`). When every name
+/// of a message is, its case map can be left out.
 pub fn is_default_wire_case(name: &HeaderName, wire: &[u8]) -> bool {
     case_header_name::is_default_case(name, wire)
 }

@@ -336,7 +336,7 @@ impl HttpSession {
                         for header in &header_refs {
                             let wire_name = header.get_name(&buf);
                             let header_name = match http::HeaderName::from_bytes(wire_name)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                                .or_err(InvalidHTTPHeader, "while parsing response header")
                             {
                                 Ok(name) => name,
                                 Err(e) => return self.fail_response_header_read(e),
@@ -347,7 +347,7 @@ impl HttpSession {
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
                             if let Err(e) = response_header
                                 .append_parsed_header(header_name, header_value)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                                .or_err(InvalidHTTPHeader, "while parsing response header")
                             {
                                 return self.fail_response_header_read(e);
                             }
@@ -357,7 +357,7 @@ impl HttpSession {
                             // downstream as it was read.
                             if let Err(e) = response_header
                                 .keep_wire_case(header_refs.iter().map(|h| h.get_name_bytes(&buf)))
-                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                                .or_err(InvalidHTTPHeader, "while parsing response header")
                             {
                                 return self.fail_response_header_read(e);
                             }
