@@ -619,23 +619,42 @@ impl ProxyHttp for Proxy {
         });
         // Besides the hop-by-hop set: the body is re-framed (chunked when it
         // has no length), so `Transfer-Encoding` goes; `HTTP2-Settings`
-        // belongs to an upgrade never passed on; and what an untrusted
-        // client says about addresses is not passed on. The pass finds
-        // those headers if the request has them.
-        static FRAMING: [&HeaderName; 2] = [
-            &http::header::TRANSFER_ENCODING,
+        // belongs to an upgrade never passed on; what an untrusted client
+        // says about addresses is not passed on; and a client's copies of
+        // the headers added below go, as those are written after the map's
+        // headers rather than inserted in it. The pass finds those headers
+        // if the request has them.
+        use http::header::{FORWARDED, TRANSFER_ENCODING};
+        // Every case's names are a prefix of these.
+        static ALSO: [&HeaderName; 8] = [
+            &TRANSFER_ENCODING,
             &crate::headers::HTTP2_SETTINGS,
-        ];
-        static FRAMING_AND_CLAIMS: [&HeaderName; 4] = [
-            &http::header::TRANSFER_ENCODING,
-            &crate::headers::HTTP2_SETTINGS,
-            &http::header::FORWARDED,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_REQUEST_ID,
+            &X_FORWARDED_FOR,
+            &FORWARDED,
             &crate::headers::X_REAL_IP,
         ];
-        let also: &[&HeaderName] = if peer.is_some() && !trusted {
-            &FRAMING_AND_CLAIMS
-        } else {
-            &FRAMING
+        // A trusted balancer's chain is read before its header goes.
+        let xff = peer.map(|peer| {
+            if trusted {
+                HeaderValue::from_str(&forwarded_for(&upstream_request.headers, &peer.to_string()))
+                    .unwrap_or_else(|_| crate::headers::ip_value(peer))
+            } else {
+                crate::headers::ip_value(peer)
+            }
+        });
+        // Cloning a header value shares its bytes; no copy for the common case.
+        let host = match upstream_request.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => upstream_request.headers.get(http::header::HOST).cloned(),
+        };
+        let also: &[&HeaderName] = match (peer.is_some(), trusted) {
+            // No address to add: a client's `X-Forwarded-For` stays.
+            (false, _) => &ALSO[..5],
+            (true, true) => &ALSO[..6],
+            (true, false) => &ALSO,
         };
         for name in hop_by_hop_names_and(&upstream_request.headers, upgrade, also) {
             upstream_request.remove_header(&name);
@@ -643,32 +662,21 @@ impl ProxyHttp for Proxy {
         if upgrade {
             upstream_request.insert_header("connection", "upgrade")?;
         }
-        // The four inserts below grow the header maps once, not per insert.
-        upstream_request.reserve_headers(4);
-        if let Some(peer) = peer {
-            if trusted {
-                let xff = forwarded_for(&upstream_request.headers, &peer.to_string());
-                upstream_request.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", xff)?;
-            } else {
-                let xff = crate::headers::ip_value(peer);
-                upstream_request.insert_parsed_header(&X_FORWARDED_FOR, "x-forwarded-for", xff)?;
-            }
+        // Written after the map's headers, never hashed into it: these are
+        // added to every request and read by nothing on the way out.
+        if let Some(xff) = xff {
+            upstream_request.append_wire_header(&X_FORWARDED_FOR, "X-Forwarded-For", xff);
         }
         if let Some(id) = &ctx.request_id {
-            upstream_request.insert_parsed_header(&X_REQUEST_ID, "x-request-id", id.clone())?;
+            upstream_request.append_wire_header(&X_REQUEST_ID, "X-Request-Id", id.clone());
         }
-        upstream_request.insert_parsed_header(
+        upstream_request.append_wire_header(
             &X_FORWARDED_PROTO,
-            "x-forwarded-proto",
+            "X-Forwarded-Proto",
             HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-        )?;
-        // Cloning a header value shares its bytes; no copy for the common case.
-        let host = match upstream_request.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => upstream_request.headers.get(http::header::HOST).cloned(),
-        };
+        );
         if let Some(host) = host {
-            upstream_request.insert_parsed_header(&X_FORWARDED_HOST, "x-forwarded-host", host)?;
+            upstream_request.append_wire_header(&X_FORWARDED_HOST, "X-Forwarded-Host", host);
         }
         Ok(())
     }

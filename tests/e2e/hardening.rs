@@ -288,6 +288,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         seen.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1",
         "a trusted proxy's chain is kept and extended"
     );
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
     // The access log names the real client: the address the trusted proxy gave.
     let log = proxy.dir().join("access.log");
     crate::harness::eventually(Duration::from_secs(5), "an access log line", || async {

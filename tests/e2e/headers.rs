@@ -44,6 +44,8 @@ async fn request_headers_are_forwarded_and_hop_by_hop_ones_stripped() {
          HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
          X-Forwarded-For: 203.0.113.9\r\n\
          X-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: evil.example\r\n\
+         X-Request-Id: client-id-1\r\n\
          X-Kept: yes\r\n\
          \r\n",
     )
@@ -82,6 +84,19 @@ async fn request_headers_are_forwarded_and_hop_by_hop_ones_stripped() {
         "the proxy says how it was reached"
     );
     assert_eq!(h["x-forwarded-host"], "Shop.example.com:8443");
+    assert_eq!(
+        h["x-request-id"], "client-id-1",
+        "a client's request id is kept"
+    );
+    // The proxy's forwarded headers replace a client's copies, never join them.
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ] {
+        assert_eq!(h.get_all(name).iter().count(), 1, "{name} once: {h:?}");
+    }
     assert_eq!(h["host"], "Shop.example.com:8443", "Host is passed through");
     assert_eq!(h["x-kept"], "yes");
 }

@@ -88,6 +88,17 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    /// Headers written after the map's, never entered in it: see
+    /// [`RequestHeader::append_wire_header`].
+    wire_headers: Vec<WireHeader>,
+}
+
+/// A header added by [`RequestHeader::append_wire_header`].
+#[derive(Debug, Clone)]
+struct WireHeader {
+    name: &'static HeaderName,
+    wire: &'static str,
+    value: HeaderValue,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -155,6 +166,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_headers: Vec::new(),
         }
     }
 
@@ -297,8 +309,51 @@ impl RequestHeader {
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
+    ///
+    /// The headers added by [Self::append_wire_header] come last.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        for header in &self.wire_headers {
+            buf.put_slice(header.wire.as_bytes());
+            buf.put_slice(b": ");
+            buf.put_slice(header.value.as_ref());
+            buf.put_slice(b"\r\n");
+        }
+    }
+
+    /// Add a header that is written after the header map's own, as `wire: value`, and never
+    /// entered in the map: for the headers a proxy adds to every request it forwards
+    /// (`X-Forwarded-For`, ...), which nothing reads back. No hashing and no growth of the
+    /// map, so it costs a fraction of [Self::insert_header].
+    ///
+    /// `wire` is `name` as it is spelled on the wire (`"X-Forwarded-For"`). A header of the
+    /// same name added this way before is replaced; one in the map is not, so remove it first
+    /// when the added one must be the only one. The map's readers and writers (`headers`,
+    /// [Self::insert_header], [Self::remove_header]) do not see these headers;
+    /// [Self::wire_headers] lists them, and they are moved into the map where the request
+    /// leaves this type ([Self::as_owned_parts], `ReqParts::from`), which is how HTTP/2
+    /// sends them.
+    pub fn append_wire_header(
+        &mut self,
+        name: &'static HeaderName,
+        wire: &'static str,
+        value: HeaderValue,
+    ) {
+        debug_assert!(
+            wire.eq_ignore_ascii_case(name.as_str()),
+            "{wire} is not a spelling of {name}"
+        );
+        if let Some(old) = self.wire_headers.iter_mut().find(|h| h.name == name) {
+            old.wire = wire;
+            old.value = value;
+            return;
+        }
+        self.wire_headers.push(WireHeader { name, wire, value });
+    }
+
+    /// The headers added by [Self::append_wire_header], in the order they were added.
+    pub fn wire_headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.wire_headers.iter().map(|h| (h.name, &h.value))
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -452,18 +507,24 @@ impl RequestHeader {
     /// URI, so an absolute-form or CONNECT target does not survive the conversion:
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
+    ///
+    /// The headers added by [Self::append_wire_header] are in the result's header map, after
+    /// the others: this is how they reach an HTTP/2 upstream.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        let mut parts = clone_req_parts(&self.base);
+        move_wire_headers(&mut parts.headers, self.wire_headers.clone());
+        parts
     }
 }
 
 impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            base: clone_req_parts(&self.base),
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            wire_headers: self.wire_headers.clone(),
         }
     }
 }
@@ -480,13 +541,26 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_headers: Vec::new(),
         }
     }
 }
 
+/// The headers added by [RequestHeader::append_wire_header] are moved into the header map.
 impl From<RequestHeader> for ReqParts {
-    fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+    fn from(req: RequestHeader) -> ReqParts {
+        let mut base = req.base;
+        move_wire_headers(&mut base.headers, req.wire_headers);
+        base
+    }
+}
+
+/// Appends `wire` headers to `map`, after its own.
+fn move_wire_headers(map: &mut HMap, wire: Vec<WireHeader>) {
+    for header in wire {
+        // Past the map's size limit the header is dropped, as
+        // `append_header` would refuse it.
+        let _ = map.try_append(header.name.clone(), header.value);
     }
 }
 
@@ -1286,6 +1360,59 @@ mod tests {
     }
 
     use super::*;
+
+    static X_FWD: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static X_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+    #[test]
+    fn wire_headers_are_written_after_the_map_and_kept_out_of_it() {
+        for mut req in [
+            RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+            RequestHeader::build("GET", b"/", None).unwrap(),
+        ] {
+            req.append_header("host", "a").unwrap();
+            req.append_wire_header(
+                &X_FWD,
+                "X-Forwarded-For",
+                HeaderValue::from_static("1.2.3.4"),
+            );
+            req.append_wire_header(&X_ID, "X-Request-Id", HeaderValue::from_static("r1"));
+            // The same name again replaces the value, in its place.
+            req.append_wire_header(
+                &X_FWD,
+                "X-Forwarded-For",
+                HeaderValue::from_static("5.6.7.8"),
+            );
+            assert!(req.headers.get(&X_FWD).is_none());
+            assert_eq!(req.headers.len(), 1);
+            let listed: Vec<_> = req
+                .wire_headers()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()))
+                .collect();
+            assert_eq!(
+                listed,
+                [
+                    ("x-forwarded-for", &b"5.6.7.8"[..]),
+                    ("x-request-id", b"r1")
+                ]
+            );
+
+            let mut out = Vec::new();
+            req.clone().header_to_h1_wire(&mut out);
+            let host = if req.has_case() { "host" } else { "Host" };
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{host}: a\r\nX-Forwarded-For: 5.6.7.8\r\nX-Request-Id: r1\r\n")
+            );
+
+            // Leaving this type (HTTP/2 does) moves them into the map.
+            for parts in [req.as_owned_parts(), ReqParts::from(req.clone())] {
+                let names: Vec<_> = parts.headers.keys().map(|n| n.as_str()).collect();
+                assert_eq!(names, ["host", "x-forwarded-for", "x-request-id"]);
+                assert_eq!(parts.headers[&X_FWD], "5.6.7.8");
+            }
+        }
+    }
 
     #[test]
     fn header_map_upper_bound() {
