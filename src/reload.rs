@@ -437,29 +437,41 @@ impl Reloader {
         }
     }
 
-    /// Directories whose changes may matter: the config file's, and those
-    /// of the certificate files of the served and the pending config.
-    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
-        let mut dirs = BTreeSet::new();
-        dirs.insert(parent(&self.path));
+    /// The files whose changes matter: the config file and the
+    /// certificate files of the served and the pending config.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
         if let Ok(state) = self.state.lock() {
             for config in std::iter::once(&state.current).chain(state.pending.as_ref()) {
-                for files in &config.tls.certificates {
-                    dirs.insert(parent(&files.cert));
-                    dirs.insert(parent(&files.key));
+                for pair in &config.tls.certificates {
+                    files.push(pair.cert.clone());
+                    files.push(pair.key.clone());
                 }
             }
         }
-        dirs
+        files
     }
 
     async fn watch(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         // Editors replace files (new inode), and orchestrators swap
-        // symlinked directories: watch directories, compare contents.
+        // symlinked directories: watch directories, compare contents. Only
+        // events that can concern the files wake the loop: a log written
+        // next to the config must not have it and every certificate read
+        // again after each line.
+        let names = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = names.clone();
         let mut watcher =
             match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
+                let Ok(event) = event else { return };
+                if event.kind.is_access() {
+                    return;
+                }
+                // A poisoned lock errs on the side of looking.
+                let concerns = seen.lock().map_or(true, |names| {
+                    event.paths.iter().any(|p| concerns_watched(p, &names))
+                });
+                if concerns {
                     let _ = tx.send(());
                 }
             }) {
@@ -470,7 +482,7 @@ impl Reloader {
                 }
             };
         let mut watching = BTreeSet::new();
-        self.watch_new_dirs(&mut watcher, &mut watching);
+        self.watch_new_dirs(&mut watcher, &mut watching, &names);
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -498,19 +510,30 @@ impl Reloader {
                     self.reload("SIGHUP");
                 }
             }
-            self.watch_new_dirs(&mut watcher, &mut watching);
+            self.watch_new_dirs(&mut watcher, &mut watching, &names);
         }
     }
 
+    /// Watches the directories of the files that matter not watched yet,
+    /// and makes `names` their names.
     fn watch_new_dirs(
         &self,
         watcher: &mut Option<RecommendedWatcher>,
         watching: &mut BTreeSet<PathBuf>,
+        names: &Mutex<Names>,
     ) {
         let Some(w) = watcher.as_mut() else {
             return;
         };
-        for dir in self.watched_dirs() {
+        let files = self.watched_files();
+        if let Ok(mut names) = names.lock() {
+            *names = files
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
+                .collect();
+        }
+        let dirs: BTreeSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
+        for dir in dirs {
             if watching.contains(&dir) {
                 continue;
             }
@@ -524,6 +547,21 @@ impl Reloader {
             watching.insert(dir);
         }
     }
+}
+
+/// The names of the files whose changes matter.
+type Names = BTreeSet<std::ffi::OsString>;
+
+/// Whether a change to `path`, in a watched directory, can concern the
+/// watched files: one of them (by name: written, replaced, renamed over,
+/// removed), or a directory or symlink, through which they may resolve
+/// (Kubernetes swaps the `..data` link to a new directory of files).
+/// Anything else there (a log, an editor's swap file) does not.
+fn concerns_watched(path: &Path, names: &Names) -> bool {
+    if path.file_name().is_some_and(|n| names.contains(n)) {
+        return true;
+    }
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() || m.file_type().is_symlink())
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -547,5 +585,30 @@ pub struct ReloadService(pub Arc<Reloader>);
 impl BackgroundService for ReloadService {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.0.watch(shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_watched_files_and_links_or_directories_concern_the_watch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let names: Names = ["switchyard.toml", "cert.pem"].map(Into::into).into();
+        std::fs::write(d.join("switchyard.toml"), "").expect("write");
+        std::fs::write(d.join("switchyard.log"), "").expect("write");
+        std::fs::create_dir(d.join("..2026_11_23")).expect("dir");
+        std::os::unix::fs::symlink("..2026_11_23", d.join("..data")).expect("link");
+
+        assert!(concerns_watched(&d.join("switchyard.toml"), &names));
+        // Removed or renamed away: known by its name.
+        assert!(concerns_watched(&d.join("cert.pem"), &names));
+        assert!(concerns_watched(&d.join("..data"), &names));
+        assert!(concerns_watched(&d.join("..2026_11_23"), &names));
+        assert!(!concerns_watched(&d.join("switchyard.log"), &names));
+        assert!(!concerns_watched(&d.join(".switchyard.toml.swp"), &names));
+        assert!(!concerns_watched(&d.join("gone.tmp"), &names));
     }
 }

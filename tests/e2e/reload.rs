@@ -230,3 +230,43 @@ async fn sighup_reloads_a_change_the_watcher_cannot_see() {
         "SIGHUP must not stop the process"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_volume_swapping_its_data_directory_is_seen() {
+    use std::os::unix::fs::symlink;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let (b, g) = ([blue.addr], [green.addr]);
+    let proxy = Proxy::start(&blue_green(100, 0, &b, &g)).await;
+    let client = Client::new();
+
+    // Laid out as a Kubernetes ConfigMap volume: the file is a link
+    // through `..data`, itself a link to a directory of this version.
+    let dir = proxy.config_path.parent().expect("dir").to_path_buf();
+    let name = proxy.config_path.file_name().expect("name").to_owned();
+    let first = dir.join("..2026_11_23_01");
+    std::fs::create_dir(&first).expect("dir");
+    let text = proxy.config_text(&blue_green(100, 0, &b, &g));
+    std::fs::write(first.join(&name), text).expect("write");
+    symlink("..2026_11_23_01", dir.join("..data")).expect("link");
+    let link = dir.join("config.link");
+    symlink(std::path::Path::new("..data").join(&name), &link).expect("link");
+    std::fs::rename(&link, &proxy.config_path).expect("swap in link");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !proxy.logs().contains(&generation_line(2)),
+        "the same config is not applied again"
+    );
+
+    // A new version: a new directory, and `..data` renamed over to it.
+    let second = dir.join("..2026_11_23_02");
+    std::fs::create_dir(&second).expect("dir");
+    let text = proxy.config_text(&blue_green(0, 100, &b, &g));
+    std::fs::write(second.join(&name), text).expect("write");
+    symlink("..2026_11_23_02", dir.join("..data_tmp")).expect("link");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap");
+    std::fs::remove_dir_all(&first).expect("remove old version");
+    proxy.wait_for_log(&generation_line(2)).await;
+    let reply = client.get(&proxy.url("/"), None).await.expect("reply");
+    assert_eq!(reply.body, "green\n");
+}
