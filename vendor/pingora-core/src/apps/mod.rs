@@ -184,6 +184,8 @@ impl HttpPersistentSettings {
 pub struct ReusedHttpStream {
     stream: Stream,
     persistent_settings: Option<HttpPersistentSettings>,
+    /// Switchyard: the connection's digest, for the next session.
+    digest: Option<Box<crate::protocols::Digest>>,
 }
 
 impl ReusedHttpStream {
@@ -191,6 +193,7 @@ impl ReusedHttpStream {
         ReusedHttpStream {
             stream,
             persistent_settings,
+            digest: None,
         }
     }
 
@@ -200,11 +203,15 @@ impl ReusedHttpStream {
         reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
+        let mut reusable = reusable;
+        let digest = reusable.take_digest();
         let (stream, pipelined_prefix) = reusable.into_parts();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
         }
-        Self::new(stream, Some(persistent_settings))
+        let mut reused = Self::new(stream, Some(persistent_settings));
+        reused.digest = digest;
+        reused
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
@@ -230,8 +237,9 @@ fn first_h1_session(stream: Stream, shutting_down: bool, reuses: Option<u32>) ->
 /// Switchyard: the next HTTP/1 session of a kept-alive connection, with the
 /// settings the previous one handed on.
 fn next_h1_session(reused: ReusedHttpStream) -> ServerSession {
-    let (stream, persistent_settings) = reused.consume();
-    let mut session = ServerSession::new_http1(stream);
+    let digest = reused.digest;
+    let (stream, persistent_settings) = (reused.stream, reused.persistent_settings);
+    let mut session = ServerSession::next_http1(stream, digest);
     if let Some(persistent_settings) = persistent_settings {
         persistent_settings.apply_to_session(&mut session);
     }

@@ -35,6 +35,8 @@ use std::time::Duration;
 pub struct ReusableHttpStream {
     stream: Stream,
     pipelined_prefix: Option<BytesMut>,
+    /// Switchyard: the connection's digest, handed to the next session.
+    digest: Option<Box<Digest>>,
 }
 
 impl ReusableHttpStream {
@@ -42,7 +44,21 @@ impl ReusableHttpStream {
         Self {
             stream,
             pipelined_prefix,
+            digest: None,
         }
+    }
+
+    /// Switchyard: the digest of the connection (TLS, timing, socket), the
+    /// same for all its requests, so the next session takes it over instead
+    /// of building another (two allocations and three shared counts).
+    pub(crate) fn with_digest(mut self, digest: Box<Digest>) -> Self {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// The digest handed on by [`Self::with_digest`].
+    pub(crate) fn take_digest(&mut self) -> Option<Box<Digest>> {
+        self.digest.take()
     }
 
     /// Split the reusable connection into its underlying stream and optional
@@ -64,6 +80,13 @@ impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
         Self::H1(SessionV1::new(stream))
+    }
+
+    /// Switchyard: [`Self::new_http1`] for the next request of a kept-alive
+    /// connection, with the connection's digest when the previous session
+    /// handed it on.
+    pub(crate) fn next_http1(stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        Self::H1(SessionV1::new_with_digest(stream, digest))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream

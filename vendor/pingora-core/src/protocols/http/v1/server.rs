@@ -189,12 +189,20 @@ impl HttpSession {
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
+        Self::new_with_digest(underlying_stream, None)
+    }
+
+    /// Switchyard: [`Self::new`], taking over the digest of the previous
+    /// session of the same connection when there is one.
+    pub(crate) fn new_with_digest(underlying_stream: Stream, digest: Option<Box<Digest>>) -> Self {
         // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
+        let digest = digest.unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: underlying_stream.get_ssl_digest(),
+                timing_digest: underlying_stream.get_timing_digest(),
+                proxy_digest: underlying_stream.get_proxy_digest(),
+                socket_digest: underlying_stream.get_socket_digest(),
+            })
         });
 
         HttpSession {
@@ -1507,10 +1515,10 @@ impl HttpSession {
             .then(|| self.take_body_overread())
             .flatten()
             .filter(|prefix| !prefix.is_empty());
-        Ok(Some(ReusableHttpStream::new(
-            self.underlying_stream,
-            pipelined_prefix,
-        )))
+        Ok(Some(
+            ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
+                .with_digest(self.digest),
+        ))
     }
 
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
@@ -1529,10 +1537,10 @@ impl HttpSession {
                     .then(|| self.take_body_overread())
                     .flatten()
                     .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
+                Ok(Some(
+                    ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
+                        .with_digest(self.digest),
+                ))
             }
         }
     }
@@ -4196,6 +4204,27 @@ mod test_pipelining {
         let (_stream, prefix) = reused.into_parts();
         let prefix = prefix.expect("overread must be returned as pipelined prefix");
         assert_eq!(prefix.as_ref(), b"pipelined_next");
+    }
+
+    /// A kept-alive connection's next session takes over the digest of the
+    /// previous one instead of building another.
+    #[tokio::test]
+    async fn reuse_hands_the_digest_to_the_next_session() {
+        init_log();
+        let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(req1).read(req2).build();
+        let mut a = HttpSession::new(Box::new(mock_io));
+        a.read_request().await.unwrap();
+        let digest: *const Digest = a.digest();
+        let mut reused = a.reuse().await.unwrap().expect("connection reusable");
+        let handed = reused.take_digest().expect("the digest is handed on");
+        assert!(std::ptr::eq(&*handed, digest));
+        let (stream, _) = reused.into_parts();
+        let mut b = HttpSession::new_with_digest(stream, Some(handed));
+        assert!(std::ptr::eq(b.digest(), digest));
+        b.read_request().await.unwrap().expect("second request");
+        assert_eq!(b.req_header().uri.path(), "/two");
     }
 
     /// Same-read pipelining with no prior body poll still extracts the prefix.
