@@ -242,17 +242,6 @@ impl RequestHeader {
         Ok(())
     }
 
-    /// Make room for `additional` more headers in one step, so a caller
-    /// about to insert several does not grow the header maps (and the case
-    /// map) more than once. Best effort: past the maps' limit it does
-    /// nothing and the inserts grow the maps as usual.
-    pub fn reserve_headers(&mut self, additional: usize) {
-        let _ = self.base.headers.try_reserve(additional);
-        if let Some(map) = self.header_name_map.as_mut() {
-            let _ = map.try_reserve(additional);
-        }
-    }
-
     /// Insert a header whose name is already parsed, written on the wire as
     /// `case`. Unlike [`Self::insert_header`], the name is neither parsed
     /// nor copied: a name built once (`HeaderName::from_static`) costs
