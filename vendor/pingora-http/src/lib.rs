@@ -865,9 +865,10 @@ impl ResponseHeader {
 /// Build a [Uri] carrying only a path-and-query component. `target` is the original
 /// request-target, used for error context.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
-    Uri::builder()
-        .path_and_query(path_and_query)
-        .build()
+    // What `Uri::builder().path_and_query(..).build()` does, without moving the
+    // builder's state through each call.
+    http::uri::PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
         .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))
 }
 
