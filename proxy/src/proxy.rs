@@ -346,6 +346,13 @@ impl ProxyHttp for Proxy {
         // request an allocation for its state and two boxed header filters.
     }
 
+    /// `http.keepalive_timeout` closes HTTP/2 connections too, once no
+    /// stream is in flight (a connection that never sends a request
+    /// included); read per connection, so a reload applies to new ones.
+    fn h2_idle_timeout(&self) -> Option<std::time::Duration> {
+        Some(self.snapshot.load().http.keepalive_timeout)
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             snapshot: self.snapshot.load_full(),

@@ -575,19 +575,51 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_the_read_timeout() {
     );
 }
 
+/// A proxy with an HTTPS listener too, serving a `shop.example.com`
+/// certificate of a test CA (returned, for clients that verify it).
+/// `listen_extra` goes in its `[listen]` table.
+async fn https_proxy(
+    upstream: std::net::SocketAddr,
+    http: &str,
+    listen_extra: &str,
+) -> (Proxy, crate::pki::TestCa) {
+    let ca = crate::pki::TestCa::new();
+    let dir = tempfile::tempdir().expect("dir");
+    ca.leaf(&["shop.example.com"]).write(dir.path(), "shop");
+    let config = format!(
+        "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n{}",
+        body(upstream, http).replace(
+            "service = \"app\"\n",
+            "service = \"app\"\nhttps_redirect = false\n"
+        )
+    );
+    let proxy = Proxy::start_with(
+        &config,
+        ProxyOptions {
+            https: true,
+            dir: Some(dir),
+            listen_extra: listen_extra.into(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    (proxy, ca)
+}
+
+/// 30 bytes in three pieces 700 ms apart: 1.4 s, past a 1 s keep-alive
+/// timeout, while the backend is never silent for its 1 s read timeout.
+const SLOW_30_BYTES: &[(u64, &[u8])] = &[
+    (
+        0,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789",
+    ),
+    (700, b"abcdefghij"),
+    (700, b"ABCDEFGHIJ"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_streaming_longer_than_the_keepalive_timeout_is_not_cut() {
-    // 30 bytes in three pieces 700 ms apart: 1.4 s, past a 1 s keep-alive
-    // timeout, while the backend is never silent for its 1 s read timeout.
-    let (addr, _task) = paced_upstream(&[
-        (
-            0,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n0123456789",
-        ),
-        (700, b"abcdefghij"),
-        (700, b"ABCDEFGHIJ"),
-    ])
-    .await;
+    let (addr, _task) = paced_upstream(SLOW_30_BYTES).await;
     let proxy = Proxy::start(&body(addr, "[http]\nkeepalive_timeout = \"1s\"\n")).await;
     let (reply, _) = fetch(&proxy, "GET", "", true).await;
     assert!(
@@ -735,26 +767,7 @@ async fn a_client_trickling_its_head_is_cut_off_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_an_l4_balancer_the_proxy_protocol_names_the_client() {
     let up = Upstream::start("app").await;
-    let ca = crate::pki::TestCa::new();
-    let dir = tempfile::tempdir().expect("dir");
-    ca.leaf(&["shop.example.com"]).write(dir.path(), "shop");
-    let config = format!(
-        "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n{}",
-        body(up.addr, "").replace(
-            "service = \"app\"\n",
-            "service = \"app\"\nhttps_redirect = false\n"
-        )
-    );
-    let proxy = Proxy::start_with(
-        &config,
-        ProxyOptions {
-            https: true,
-            dir: Some(dir),
-            listen_extra: "proxy_protocol = true\n".into(),
-            ..ProxyOptions::default()
-        },
-    )
-    .await;
+    let (proxy, _ca) = https_proxy(up.addr, "", "proxy_protocol = true\n").await;
     let get = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
     // Version 1, plain HTTP.
@@ -870,27 +883,77 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_keepalive_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    // A response streaming for 1.4 s, past the 1 s timeout: the
+    // connection is busy while a stream is in flight.
+    let (addr, _task) = paced_upstream(SLOW_30_BYTES).await;
+    let (proxy, ca) = https_proxy(addr, "[http]\nkeepalive_timeout = \"1s\"\n", "").await;
+    let https = proxy.https.expect("https");
+    let connect = || async {
+        let spec = crate::pki::ClientSpec {
+            sni: Some("shop.example.com"),
+            roots: Some(ca.roots()),
+            alpn: &[b"h2"],
+            ..crate::pki::ClientSpec::default()
+        };
+        let tls = crate::pki::tls_connect(https, spec)
+            .await
+            .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        // Resolves when the proxy closes the connection.
+        let closed = tokio::spawn(async move {
+            let _ = conn.await;
+            std::time::Instant::now()
+        });
+        (sender, closed)
+    };
+    let closed_after = |closed: tokio::task::JoinHandle<std::time::Instant>, idle| async move {
+        let at = tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("closed in time")
+            .expect("connection task");
+        at.saturating_duration_since(idle)
+    };
+
+    // A connection that never sends a request.
+    let (_sender, closed) = connect().await;
+    let took = closed_after(closed, std::time::Instant::now()).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "a silent connection closed after about 1 s, took {took:?}"
+    );
+
+    // A connection whose one stream outlasts the timeout.
+    let (mut sender, closed) = connect().await;
+    let req = hyper::Request::get("https://shop.example.com/slow")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("whole body")
+        .to_bytes();
+    assert_eq!(&body[..], b"0123456789abcdefghijABCDEFGHIJ");
+    let took = closed_after(closed, std::time::Instant::now()).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "closed about 1 s after its stream ended, took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_passes_through_the_https_listener() {
     let up = Upstream::start("app").await;
-    let ca = crate::pki::TestCa::new();
-    let dir = tempfile::tempdir().expect("dir");
-    ca.leaf(&["shop.example.com"]).write(dir.path(), "shop");
-    let config = format!(
-        "[[tls.certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\ndefault = true\n\n{}",
-        body(up.addr, "").replace(
-            "service = \"app\"\n",
-            "service = \"app\"\nhttps_redirect = false\n"
-        )
-    );
-    let proxy = Proxy::start_with(
-        &config,
-        ProxyOptions {
-            https: true,
-            dir: Some(dir),
-            ..ProxyOptions::default()
-        },
-    )
-    .await;
+    let (proxy, _ca) = https_proxy(up.addr, "", "").await;
     let spec = crate::pki::ClientSpec {
         sni: Some("shop.example.com"),
         alpn: &[b"http/1.1"],

@@ -1664,6 +1664,12 @@ where
         self.server_options.as_ref()
     }
 
+    fn h2_idle_timeout(&self) -> Option<Duration> {
+        self.inner
+            .h2_idle_timeout()
+            .or_else(|| self.server_options().and_then(|o| o.h2_idle_timeout))
+    }
+
     fn h2_options(&self) -> Option<H2Options> {
         self.h2_options.clone()
     }

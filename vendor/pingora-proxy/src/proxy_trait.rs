@@ -51,6 +51,14 @@ pub trait ProxyHttp: Sync {
     /// Define how the `ctx` should be created.
     fn new_ctx(&self) -> Self::CTX;
 
+    /// How long a downstream HTTP/2 connection may stay open with no stream in flight
+    /// before it is closed, asked once per connection (so it may follow a reloaded
+    /// setting). `None`, the default, leaves it to the service's
+    /// [`HttpServerOptions::h2_idle_timeout`](pingora_core::apps::HttpServerOptions).
+    fn h2_idle_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Define where the proxy should send the request to.
     ///
     /// The returned [HttpPeer] contains the information regarding where and how this request should

@@ -279,6 +279,12 @@ pub trait HttpServerApp {
         None
     }
 
+    /// How long a downstream HTTP/2 connection may stay open with no stream in flight,
+    /// read once per connection. Defaults to [`HttpServerOptions::h2_idle_timeout`].
+    fn h2_idle_timeout(&self) -> Option<Duration> {
+        self.server_options().and_then(|o| o.h2_idle_timeout)
+    }
+
     async fn http_cleanup(&self) {}
 
     #[doc(hidden)]
@@ -358,7 +364,7 @@ where
                 // the same code path is exercised by tests in `protocols::http::v2`.
                 let app = self.clone();
                 let shutdown_for_session = shutdown.clone();
-                let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
+                let h2_idle_timeout = self.h2_idle_timeout();
                 server::accept_downstream_sessions(
                     h2_conn,
                     digest,

@@ -550,9 +550,14 @@ mod test {
             codec.send(Settings::ack().into()).await.unwrap();
             // Open no streams; stay connected and drain frames until the server
             // drops the connection on idle timeout (codec returns None on EOF).
+            // The close is announced: a GOAWAY with NO_ERROR comes first.
+            let mut goaway = None;
             while let Some(frame) = codec.next().await {
-                let _ = frame;
+                if let Ok(h2::frame::Frame::GoAway(g)) = frame {
+                    goaway = Some(g.reason());
+                }
             }
+            goaway
         });
 
         let connection = handshake(Box::new(server), None).await.unwrap();
@@ -573,7 +578,7 @@ mod test {
         .await;
         assert!(result.is_ok(), "idle timeout did not close the connection");
 
-        client_handle.await.unwrap();
+        assert_eq!(client_handle.await.unwrap(), Some(h2::Reason::NO_ERROR));
     }
 
     #[tokio::test]

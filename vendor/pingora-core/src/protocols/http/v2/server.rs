@@ -130,6 +130,9 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+/// How long an idle connection's closing GOAWAY may take to be written.
+const IDLE_GOAWAY_FLUSH: Duration = Duration::from_secs(1);
+
 pub(crate) async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
@@ -172,9 +175,16 @@ pub(crate) async fn accept_downstream_sessions<F>(
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
                 _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
-                    // Idle with nothing in flight: drop `conn` to close the
-                    // socket now (no graceful GOAWAY wait that could hang on
-                    // a dead peer).
+                    // Idle with nothing in flight. A GOAWAY naming the last
+                    // stream served tells the client that a request racing
+                    // this close was not processed and may be retried; it is
+                    // given a bounded time to leave (a dead peer cannot hold
+                    // the connection), then `conn` is dropped.
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let _ = pingora_timeout::timeout(IDLE_GOAWAY_FLUSH, async {
+                        while let Some(Ok(_)) = conn.accept().await {}
+                    })
+                    .await;
                     return;
                 }
             }
