@@ -25,11 +25,10 @@ use http::{header, HeaderMap, Response, StatusCode};
 use log::{debug, warn};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::ready;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 use crate::protocols::http::authority::{
     has_ambiguous_port_suffix, raw_target_authority, validate_request_authority_fields,
@@ -147,6 +146,8 @@ pub(crate) async fn accept_downstream_sessions<F>(
     let mut malformed_streams = 0usize;
     // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
     let active = Arc::new(ActiveSessions::new());
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or_default());
+    tokio::pin!(idle);
     loop {
         let h2_stream = if shutdown_initiated {
             HttpSession::from_h2_conn_with_malformed_budget(
@@ -171,10 +172,25 @@ pub(crate) async fn accept_downstream_sessions<F>(
                     digest.clone(),
                     &mut malformed_streams,
                 ) => h2_stream,
-                // Any accepted stream cancels this future. The next iteration
-                // waits for all active streams to finish before starting a fresh
-                // idle period.
-                _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
+                // One timer for the connection, looked at when it fires: no
+                // work per stream. It closes the connection once no stream has
+                // been in flight for a whole idle period.
+                _ = &mut idle, if idle_timeout.is_some() => {
+                    let period = idle_timeout.unwrap_or_default();
+                    let now = tokio::time::Instant::now();
+                    match active.idle_since() {
+                        Some(since) if since + period <= now => {}
+                        Some(since) => {
+                            idle.as_mut().reset(since + period);
+                            continue;
+                        }
+                        // Busy: look again a period later (at least every
+                        // 100 ms, so a zero period does not spin).
+                        None => {
+                            idle.as_mut().reset(now + period.max(BUSY_RECHECK));
+                            continue;
+                        }
+                    }
                     // Idle with nothing in flight. A GOAWAY naming the last
                     // stream served tells the client that a request racing
                     // this close was not processed and may be retried; it is
@@ -217,41 +233,58 @@ pub(crate) struct StreamGuard(Arc<ActiveSessions>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle.notify_one();
-        }
+        self.0.end_session();
     }
 }
 
+/// How often a busy connection's idle timer looks again, at least.
+const BUSY_RECHECK: Duration = Duration::from_millis(100);
+
+/// The sessions in flight on a connection, or since when it has had none, in
+/// one word so the two are always read together: with [`BUSY`] set, the low
+/// bits count sessions; without, they are nanoseconds from `start` to the end
+/// of the last session (zero: none yet).
 struct ActiveSessions {
-    count: AtomicUsize,
-    idle: Notify,
+    state: AtomicU64,
+    start: tokio::time::Instant,
 }
+
+const BUSY: u64 = 1 << 63;
 
 impl ActiveSessions {
     fn new() -> Self {
         Self {
-            count: AtomicUsize::new(0),
-            idle: Notify::new(),
+            state: AtomicU64::new(0),
+            start: tokio::time::Instant::now(),
         }
     }
 
     fn start_session(self: &Arc<Self>) -> StreamGuard {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(if s & BUSY != 0 { s + 1 } else { BUSY | 1 })
+            });
         StreamGuard(self.clone())
     }
 
-    async fn wait_until_idle(&self) {
-        while self.count.load(Ordering::Relaxed) != 0 {
-            self.idle.notified().await;
-        }
+    fn end_session(&self) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(if s == BUSY | 1 {
+                    // The last one: idle from now.
+                    (self.start.elapsed().as_nanos() as u64).min(BUSY - 1)
+                } else {
+                    s - 1
+                })
+            });
     }
-}
 
-async fn wait_for_idle_timeout(active: &ActiveSessions, idle_timeout: Duration) {
-    active.wait_until_idle().await;
-    if !idle_timeout.is_zero() {
-        pingora_timeout::sleep(idle_timeout).await;
+    /// Since when no session has been in flight, or `None` while one is.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        let s = self.state.load(Ordering::Acquire);
+        (s & BUSY == 0).then(|| self.start + Duration::from_nanos(s))
     }
 }
 
@@ -1569,25 +1602,79 @@ mod test {
     }
 
     #[tokio::test]
-    async fn test_zero_idle_timeout_waits_for_active_session() {
+    async fn test_idle_since_counts_sessions() {
         let active = Arc::new(ActiveSessions::new());
-        let guard = active.start_session();
-        let timeout_active = active.clone();
-        let timeout = tokio::spawn(async move {
-            wait_for_idle_timeout(&timeout_active, Duration::ZERO).await;
-        });
-
-        tokio::task::yield_now().await;
-        assert!(
-            !timeout.is_finished(),
-            "zero timeout must not spin or expire while a session is active"
+        assert_eq!(
+            active.idle_since(),
+            Some(active.start),
+            "idle from the start"
         );
+        let one = active.start_session();
+        let two = active.start_session();
+        assert_eq!(active.idle_since(), None);
+        drop(one);
+        assert_eq!(active.idle_since(), None, "one session is still in flight");
+        let before = tokio::time::Instant::now();
+        drop(two);
+        let since = active.idle_since().expect("idle once both ended");
+        assert!(since >= before && since <= tokio::time::Instant::now());
+        let _three = active.start_session();
+        assert_eq!(active.idle_since(), None);
+    }
 
-        drop(guard);
-        pingora_timeout::timeout(Duration::from_secs(1), timeout)
+    #[tokio::test]
+    async fn test_zero_idle_timeout_waits_for_active_session() {
+        let (mut client, server) = duplex(65536);
+        let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let client_handle = tokio::spawn(async move {
+            client
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            let mut codec: h2::Codec<DuplexStream, Bytes> = h2::Codec::new(client);
+            codec.send(Settings::default().into()).await.unwrap();
+            codec.send(Settings::ack().into()).await.unwrap();
+            let mut headers = Headers::new(
+                1.into(),
+                Pseudo::request(Method::GET, Uri::from_static("https://a.example/"), None),
+                HeaderMap::new(),
+            );
+            headers.set_end_headers();
+            headers.set_end_stream();
+            codec.send(headers.into()).await.unwrap();
+            while let Some(frame) = codec.next().await {
+                let _ = frame;
+            }
+        });
+        let connection = handshake(Box::new(server), None).await.unwrap();
+        let (guard_tx, guard_rx) = tokio::sync::oneshot::channel();
+        let mut guard_tx = Some(guard_tx);
+        let accept = tokio::spawn(accept_downstream_sessions(
+            connection,
+            Arc::new(Digest::default()),
+            shutdown_rx,
+            Some(Duration::ZERO),
+            move |session, guard| {
+                if let Some(tx) = guard_tx.take() {
+                    let _ = tx.send((session, guard));
+                }
+            },
+        ));
+        let session = pingora_timeout::timeout(Duration::from_secs(1), guard_rx)
             .await
-            .expect("zero timeout did not expire after the session finished")
-            .expect("timeout task panicked");
+            .expect("session accepted")
+            .expect("session handed over");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !accept.is_finished(),
+            "a zero timeout must not close a connection with a session in flight"
+        );
+        drop(session);
+        pingora_timeout::timeout(Duration::from_secs(2), accept)
+            .await
+            .expect("zero timeout closed the connection once idle")
+            .expect("accept loop panicked");
+        client_handle.await.unwrap();
     }
 
     #[tokio::test]
