@@ -49,7 +49,17 @@ pub struct TlsStream<T> {
     digest: Option<Arc<SslDigest>>,
     ssl: Option<TlsRef>,
     timing: TimingDigest,
+    /// Switchyard: small writes gathered until the next flush (or a write
+    /// that does not fit), so that a response head and a small body leave
+    /// in one TLS record instead of one each. Empty and unallocated
+    /// between uses once the connection idles ([`Peek::release_idle_buffers`]).
+    gathered: Vec<u8>,
 }
+
+/// Writes of at most this many bytes are gathered.
+const GATHER_WRITE: usize = 4096;
+/// Room for gathered bytes: one full TLS record of plaintext.
+const GATHER_ROOM: usize = 16 * 1024;
 
 impl<T> TlsStream<T>
 where
@@ -73,6 +83,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            gathered: Vec::new(),
         })
     }
 
@@ -90,6 +101,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            gathered: Vec::new(),
         })
     }
 }
@@ -199,19 +211,61 @@ where
     }
 }
 
+impl<T> TlsStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Hands the gathered bytes to the TLS session, which seals them in as
+    /// few records as they fit.
+    fn poll_write_gathered(&mut self, cx: &mut Context) -> Poll<IoResult<()>> {
+        let mut written = 0;
+        while written < self.gathered.len() {
+            let stream = self.tls.stream.as_mut().unwrap();
+            match Pin::new(stream).poll_write(cx, &self.gathered[written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.gathered.drain(..written);
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => {
+                    self.gathered.drain(..written);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    self.gathered.drain(..written);
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.gathered.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<T> AsyncWrite for TlsStream<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context, buf: &[u8]) -> Poll<IoResult<usize>> {
-        Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_write(cx, buf)
+        let this = &mut *self;
+        if buf.len() <= GATHER_WRITE && this.gathered.len() + buf.len() <= GATHER_ROOM {
+            if this.gathered.capacity() == 0 {
+                this.gathered.reserve_exact(GATHER_ROOM);
+            }
+            this.gathered.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::task::ready!(this.poll_write_gathered(cx))?;
+        Pin::new(&mut this.tls.stream.as_mut().unwrap()).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<IoResult<()>> {
+        std::task::ready!(self.poll_write_gathered(cx))?;
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<IoResult<()>> {
+        std::task::ready!(self.poll_write_gathered(cx))?;
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_shutdown(cx)
     }
 
@@ -220,6 +274,7 @@ where
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<IoResult<usize>> {
+        std::task::ready!(self.poll_write_gathered(cx))?;
         Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_write_vectored(cx, bufs)
     }
 
@@ -431,6 +486,9 @@ impl SslDigest {
 impl<S: Peek> Peek for TlsStream<S> {
     fn release_idle_buffers(&mut self) {
         use pingora_rustls::TlsStream as Either;
+        if self.gathered.is_empty() {
+            self.gathered = Vec::new();
+        }
         match self.tls.stream.as_mut() {
             Some(Either::Server(s)) => {
                 let (io, conn) = s.get_mut();
