@@ -56,10 +56,11 @@ pub struct TlsStream<T> {
     gathered: Vec<u8>,
 }
 
-/// Writes of at most this many bytes are gathered.
-const GATHER_WRITE: usize = 4096;
-/// Room for gathered bytes: one full TLS record of plaintext.
-const GATHER_ROOM: usize = 16 * 1024;
+/// Room for gathered bytes: what a plain TCP stream's write buffer holds
+/// ([`crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE`]), so bytes written in small pieces
+/// (a body streamed with a `Content-Length`, flushed only at its end) are
+/// held no longer over TLS than over plain TCP.
+const GATHER_ROOM: usize = crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 impl<T> TlsStream<T>
 where
@@ -248,7 +249,7 @@ where
 {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context, buf: &[u8]) -> Poll<IoResult<usize>> {
         let this = &mut *self;
-        if buf.len() <= GATHER_WRITE && this.gathered.len() + buf.len() <= GATHER_ROOM {
+        if this.gathered.len() + buf.len() <= GATHER_ROOM {
             if this.gathered.capacity() == 0 {
                 this.gathered.reserve_exact(GATHER_ROOM);
             }
