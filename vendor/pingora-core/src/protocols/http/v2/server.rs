@@ -94,6 +94,9 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
     }
 }
 
+/// How long an idle connection's closing GOAWAY may take to be written.
+const IDLE_GOAWAY_FLUSH: Duration = Duration::from_secs(1);
+
 /// Drive a server-side HTTP/2 connection's accept loop, dispatching each new
 /// stream to `on_session` until the connection closes.
 ///
@@ -129,9 +132,6 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-/// How long an idle connection's closing GOAWAY may take to be written.
-const IDLE_GOAWAY_FLUSH: Duration = Duration::from_secs(1);
-
 pub(crate) async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,

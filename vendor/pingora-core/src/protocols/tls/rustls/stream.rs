@@ -57,9 +57,10 @@ pub struct TlsStream<T> {
 }
 
 /// Room for gathered bytes: what a plain TCP stream's write buffer holds
-/// ([`crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE`]), so bytes written in small pieces
-/// (a body streamed with a `Content-Length`, flushed only at its end) are
-/// held no longer over TLS than over plain TCP.
+/// ([`crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE`]), so
+/// bytes written in small pieces (a body streamed with a `Content-Length`,
+/// flushed only at its end) are held no longer over TLS than over plain
+/// TCP.
 const GATHER_ROOM: usize = crate::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 impl<T> TlsStream<T>
