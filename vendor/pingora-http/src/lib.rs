@@ -866,7 +866,11 @@ impl ResponseHeader {
 /// request-target, used for error context.
 fn path_and_query_uri(path_and_query: &str, target: &str) -> Result<Uri> {
     // What `Uri::builder().path_and_query(..).build()` does, without moving the
-    // builder's state through each call.
+    // builder's state through each call. The builder takes an empty target as
+    // the root; `PathAndQuery` refuses it.
+    if path_and_query.is_empty() {
+        return Ok(Uri::default());
+    }
     http::uri::PathAndQuery::try_from(path_and_query)
         .map(Uri::from)
         .explain_err(InvalidHTTPHeader, |_| format!("invalid uri {target}"))

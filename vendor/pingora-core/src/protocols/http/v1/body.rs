@@ -151,6 +151,9 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    /// Switchyard: a whole body read together with its header, kept as it
+    /// is (see [`Self::init_content_length_whole`]).
+    whole_body: Option<Bytes>,
 }
 
 impl BodyReader {
@@ -162,6 +165,7 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            whole_body: None,
         }
     }
 
@@ -171,6 +175,7 @@ impl BodyReader {
 
     pub fn reinit(&mut self) {
         self.body_state = PS::ToStart;
+        self.whole_body = None;
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
@@ -267,6 +272,29 @@ impl BodyReader {
                 self.body_state = PS::Partial(0, cl);
             }
         }
+    }
+
+    /// Switchyard: [`Self::init_content_length`] for bytes read together
+    /// with the header. When they are exactly the body (the usual small
+    /// response), they are kept as they are and handed out whole by
+    /// [`Self::take_whole_body`], instead of being copied into a body buffer
+    /// of `body_buf_size` and copied out of it again. Otherwise (a partial
+    /// body, bytes past it, no body) this is [`Self::init_content_length`].
+    pub fn init_content_length_whole(&mut self, cl: usize, preread: Bytes) {
+        if cl > 0 && preread.len() == cl {
+            self.body_state = PS::Partial(0, cl);
+            self.whole_body = Some(preread);
+        } else {
+            self.init_content_length(cl, &preread);
+        }
+    }
+
+    /// Switchyard: the body kept by [`Self::init_content_length_whole`], if
+    /// it was; the body is then complete.
+    pub fn take_whole_body(&mut self) -> Option<Bytes> {
+        let body = self.whole_body.take()?;
+        self.body_state = PS::Complete(body.len());
+        Some(body)
     }
 
     pub fn init_close_delimited(&mut self, buf_to_rewind: &[u8]) {
@@ -384,6 +412,11 @@ impl BodyReader {
     where
         S: AsyncRead + Unpin + Send,
     {
+        if let Some(body) = self.whole_body.take() {
+            // Read through a body buffer after all: the bytes become its
+            // rewind, as `init_content_length` would have made them.
+            self.prepare_buf(&body);
+        }
         match self.body_state {
             PS::Complete(_) => Ok(None),
             PS::Done(_) => Ok(None),

@@ -563,6 +563,13 @@ impl HttpSession {
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        // Switchyard: a body that came whole with the header is handed out
+        // as it is, without a copy.
+        self.init_body_reader();
+        if let Some(body) = self.body_reader.take_whole_body() {
+            self.body_recv = self.body_recv.saturating_add(body.len());
+            return Ok(Some(body));
+        }
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
     }
@@ -833,7 +840,8 @@ impl HttpSession {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
             } else if let Some(cl) = self.get_content_length() {
-                self.body_reader.init_content_length(cl, preread_body);
+                let preread = self.preread_body.as_ref().unwrap().get_bytes(&self.buf);
+                self.body_reader.init_content_length_whole(cl, preread);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
@@ -1135,6 +1143,59 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_read_with_its_header_is_handed_out_without_a_copy() {
+        init_log();
+        // The whole body came with the header: the body task is a slice of
+        // the header's read, and the body is then done.
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let task = http_stream.read_response_task().await.unwrap();
+        assert!(matches!(task, HttpTask::Header(_, false)));
+        let HttpTask::Body(Some(body), true) = http_stream.read_response_task().await.unwrap()
+        else {
+            panic!("expected the whole body");
+        };
+        assert_eq!(&body[..], b"abc");
+        let head = http_stream.buf.as_ptr_range();
+        assert!(head.contains(&body.as_ptr()), "the body was copied");
+        assert!(http_stream.is_body_done());
+        assert_eq!(http_stream.body_bytes_received(), 3);
+        assert!(matches!(
+            http_stream.read_response_task().await.unwrap(),
+            HttpTask::Done
+        ));
+
+        // Part of the body came with the header: the rest is read from the
+        // stream behind it.
+        let mock_io = Builder::new()
+            .read(&b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc"[..])
+            .read(&b"def"[..])
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response_task().await.unwrap();
+        let mut body = Vec::new();
+        while let HttpTask::Body(Some(b), _) = http_stream.read_response_task().await.unwrap() {
+            body.extend_from_slice(&b);
+        }
+        assert_eq!(body, b"abcdef");
+        assert!(http_stream.is_body_done());
+
+        // More than the body came with the header: the body ends where its
+        // length says, and the connection is not reused.
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response_task().await.unwrap();
+        let HttpTask::Body(Some(body), true) = http_stream.read_response_task().await.unwrap()
+        else {
+            panic!("expected the whole body");
+        };
+        assert_eq!(&body[..], b"abc");
+        assert!(http_stream.reuse().await.is_none());
     }
 
     #[tokio::test]

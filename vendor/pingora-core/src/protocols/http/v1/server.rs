@@ -1609,7 +1609,12 @@ impl HttpSession {
         Ok(end_stream || self.body_writer.finished())
     }
 
-    fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
+    /// Switchyard: the first body piece is `held` as it is rather than copied
+    /// into `body_write_buf`, which only a second piece needs: a response
+    /// whose body comes as one task (the usual small response, header and
+    /// body read together) is written without the copy and the buffer's
+    /// allocation. [`Self::write_held_or_buffered_body`] writes either.
+    fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool, held: &mut Option<Bytes>) {
         if upgraded != self.upgraded {
             if upgraded {
                 panic!("Unexpected Body task received on upgraded downstream session");
@@ -1621,8 +1626,26 @@ impl HttpSession {
         let Some(d) = data else {
             return;
         };
-        if !d.is_empty() && !self.body_writer.finished() {
-            self.body_write_buf.put_slice(&d);
+        if d.is_empty() || self.body_writer.finished() {
+            return;
+        }
+        match held.take() {
+            None if self.body_write_buf.is_empty() => *held = Some(d),
+            first => {
+                if let Some(first) = first {
+                    self.body_write_buf.put_slice(&first);
+                }
+                self.body_write_buf.put_slice(&d);
+            }
+        }
+    }
+
+    /// Switchyard: writes what [`Self::buffer_body_data`] kept: the held
+    /// piece when there was only one, else the buffer.
+    async fn write_held_or_buffered_body(&mut self, held: Option<Bytes>) -> Result<Option<usize>> {
+        match held {
+            Some(body) => self.write_body(&body).await,
+            None => self.write_body_buf().await,
         }
     }
 
@@ -1635,6 +1658,7 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
+        let mut held = None;
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
@@ -1644,18 +1668,20 @@ impl HttpSession {
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
-                    self.buffer_body_data(data, false);
+                    self.buffer_body_data(data, false, &mut held);
                     end_stream
                 }
                 HttpTask::UpgradedBody(data, end_stream) => {
-                    self.buffer_body_data(data, true);
+                    self.buffer_body_data(data, true, &mut held);
                     end_stream
                 }
                 HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
-                    self.write_body_buf().await.map_err(|e| e.into_down())?;
+                    self.write_held_or_buffered_body(held)
+                        .await
+                        .map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
                         .await
@@ -1664,7 +1690,9 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        self.write_held_or_buffered_body(held)
+            .await
+            .map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
@@ -1770,9 +1798,11 @@ impl HttpSession {
                     };
                     // header only responses will want to flush
                     let flush = should_flush || self.body_writer.finished();
-                    self.proxy_task_state
-                        .header_writer()
-                        .send_header_task(write_buf.freeze(), flush, None);
+                    self.proxy_task_state.header_writer().send_header_task(
+                        write_buf.freeze(),
+                        flush,
+                        None,
+                    );
                     self.proxy_task_state.current_writer =
                         Some(ProxyTaskWriter::WritingHeader(header, end));
                 }
@@ -3143,6 +3173,58 @@ mod tests_stream {
         http_stream.body_write_buf = BytesMut::from(&b"abc"[..]);
         let res = http_stream.write_body_buf().await;
         assert_eq!(res.unwrap_err().etype(), &WriteTimedout);
+    }
+
+    #[tokio::test]
+    async fn response_tasks_write_one_body_piece_as_is_and_several_together() {
+        let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n";
+        let response = || {
+            let mut header = ResponseHeader::build(StatusCode::OK, None).unwrap();
+            header.append_header("Content-Length", "6").unwrap();
+            Box::new(header)
+        };
+
+        // One piece: written from the task's own bytes, nothing buffered.
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(head)
+            .write(b"abcdef")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let done = http_stream
+            .response_duplex_vec(vec![
+                HttpTask::Header(response(), false),
+                HttpTask::Body(Some(Bytes::from_static(b"abcdef")), true),
+            ])
+            .await
+            .unwrap();
+        assert!(done);
+        assert_eq!(http_stream.body_bytes_sent(), 6);
+        assert_eq!(http_stream.body_write_buf.capacity(), 0);
+
+        // Two pieces (and an empty one): gathered into one write.
+        let mock_io = Builder::new()
+            .read(read_wire)
+            .write(head)
+            .write(b"abcdef")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.update_resp_headers = false;
+        let done = http_stream
+            .response_duplex_vec(vec![
+                HttpTask::Header(response(), false),
+                HttpTask::Body(Some(Bytes::from_static(b"abc")), false),
+                HttpTask::Body(Some(Bytes::new()), false),
+                HttpTask::Body(Some(Bytes::from_static(b"def")), true),
+            ])
+            .await
+            .unwrap();
+        assert!(done);
+        assert_eq!(http_stream.body_bytes_sent(), 6);
     }
 
     #[tokio::test]
