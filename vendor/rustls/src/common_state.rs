@@ -84,7 +84,8 @@ impl CommonState {
             has_seen_eof: false,
             peer_certificates: None,
             message_fragmenter: MessageFragmenter::default(),
-            received_plaintext: ChunkVecBuffer::new(Some(DEFAULT_RECEIVED_PLAINTEXT_LIMIT)),
+            received_plaintext: ChunkVecBuffer::new(Some(DEFAULT_RECEIVED_PLAINTEXT_LIMIT))
+                .keeping_spare(),
             sendable_tls: ChunkVecBuffer::new(Some(DEFAULT_BUFFER_LIMIT)),
             queued_key_update_message: None,
             protocol: Protocol::Tcp,
@@ -553,8 +554,12 @@ impl CommonState {
 
     pub(crate) fn take_received_plaintext(&mut self, bytes: Payload<'_>) {
         self.temper_counters.received_app_data();
-        self.received_plaintext
-            .append(bytes.into_vec());
+        // Switchyard: a record decrypted in place is copied into the
+        // buffer's spare allocation instead of a new one.
+        match bytes {
+            Payload::Borrowed(bytes) => self.received_plaintext.append_copy(bytes),
+            Payload::Owned(bytes) => self.received_plaintext.append(bytes),
+        };
     }
 
     #[cfg(feature = "tls12")]

@@ -445,6 +445,10 @@ impl<Data> ConnectionCommon<Data> {
     /// when the next read makes it again.
     pub fn release_idle_buffers(&mut self) {
         self.deframer_buffer.release_if_empty();
+        self.core
+            .common_state
+            .received_plaintext
+            .release_spare();
     }
 
     /// Processes any new packets read by a previous call to

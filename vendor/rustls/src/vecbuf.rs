@@ -24,6 +24,11 @@ pub(crate) struct ChunkVecBuffer {
 
     /// The total upper limit (in bytes) of this object.
     limit: Option<usize>,
+
+    /// Switchyard: the allocation of a chunk already read out, kept for
+    /// the next [`Self::append_copy`] when [`Self::keep_spare`] is set.
+    spare: Vec<u8>,
+    keep_spare: bool,
 }
 
 impl ChunkVecBuffer {
@@ -32,7 +37,36 @@ impl ChunkVecBuffer {
             prefix_used: 0,
             chunks: VecDeque::new(),
             limit,
+            spare: Vec::new(),
+            keep_spare: false,
         }
+    }
+
+    /// Switchyard: a buffer filled by copies ([`Self::append_copy`]) keeps
+    /// the allocation of a chunk read out and copies the next bytes into
+    /// it, so a connection receiving one record at a time does not
+    /// allocate per record. [`Self::release_spare`] gives it back.
+    pub(crate) fn keeping_spare(mut self) -> Self {
+        self.keep_spare = true;
+        self
+    }
+
+    /// Switchyard: append a copy of `bytes`, in the spare allocation when
+    /// there is one.
+    pub(crate) fn append_copy(&mut self, bytes: &[u8]) -> usize {
+        if bytes.is_empty() {
+            return 0;
+        }
+        let mut chunk = mem::take(&mut self.spare);
+        chunk.clear();
+        chunk.extend_from_slice(bytes);
+        self.chunks.push_back(chunk);
+        bytes.len()
+    }
+
+    /// Switchyard: gives back the spare allocation (for an idle connection).
+    pub(crate) fn release_spare(&mut self) {
+        self.spare = Vec::new();
     }
 
     /// Sets the upper limit on how many bytes this
@@ -180,7 +214,10 @@ impl ChunkVecBuffer {
                 return;
             } else {
                 self.prefix_used -= buf.len();
-                self.chunks.pop_front();
+                let done = self.chunks.pop_front();
+                if self.keep_spare && self.spare.capacity() == 0 {
+                    self.spare = done.unwrap_or_default();
+                }
             }
         }
 

@@ -1286,13 +1286,37 @@ impl std::fmt::Debug for SendBodyState {
 }
 
 impl SendBodyState {
-    fn new() -> Self {
+    const fn new() -> Self {
         SendBodyState {
             pending_bytes: None,
             write_state: WriteState::Idle,
             timeout_duration: None,
             timeout_fut: None,
         }
+    }
+}
+
+/// Switchyard: a [`SendBodyState`] allocated when first changed. Only the
+/// cancel-safe body task API changes it; a session that never uses that API
+/// (Switchyard's requests, both sides) no longer pays an allocation for it.
+/// Until then it reads as a new, idle state.
+#[derive(Debug, Default)]
+struct LazySendBodyState(Option<Box<SendBodyState>>);
+
+/// What an unallocated [`LazySendBodyState`] reads as.
+static IDLE_SEND_BODY_STATE: SendBodyState = SendBodyState::new();
+
+impl std::ops::Deref for LazySendBodyState {
+    type Target = SendBodyState;
+
+    fn deref(&self) -> &SendBodyState {
+        self.0.as_deref().unwrap_or(&IDLE_SEND_BODY_STATE)
+    }
+}
+
+impl std::ops::DerefMut for LazySendBodyState {
+    fn deref_mut(&mut self) -> &mut SendBodyState {
+        self.0.get_or_insert_with(|| Box::new(SendBodyState::new()))
     }
 }
 
@@ -1304,7 +1328,7 @@ impl SendBodyState {
 pub struct BodyWriter {
     pub body_mode: BodyMode,
     // Boxed to reduce inline size. Only used by the cancel-safe proxy task API.
-    send_body_state: Box<SendBodyState>,
+    send_body_state: LazySendBodyState,
     send_finish_state: FinishWriteState,
 }
 
@@ -1318,7 +1342,7 @@ impl BodyWriter {
     pub fn new() -> Self {
         BodyWriter {
             body_mode: BM::ToSelect,
-            send_body_state: Box::new(SendBodyState::new()),
+            send_body_state: LazySendBodyState::default(),
             send_finish_state: FinishWriteState::NotStarted,
         }
     }
