@@ -12,5 +12,7 @@ target/debug/switchyard check examples/*.toml
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# The unit tests of the framework crates carried in vendor/.
+scripts/framework-tests.sh 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"

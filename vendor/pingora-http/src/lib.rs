@@ -430,6 +430,30 @@ impl RequestHeader {
         Ok(())
     }
 
+    /// Switchyard: [`Self::set_raw_path`] for a target held in shared bytes
+    /// (a slice of the buffer its request was read into). An origin-form
+    /// target (valid UTF-8, no fragment) is then stored without a copy, and
+    /// a clone of the header (the request sent upstream) shares it instead
+    /// of promoting a copy to shared storage. Any other target is
+    /// [`Self::set_raw_path`]'s.
+    pub fn set_raw_path_shared(&mut self, path: Bytes) -> Result<()> {
+        let origin_form = path.first() == Some(&b'/')
+            && !path.contains(&b'#')
+            && std::str::from_utf8(&path).is_ok();
+        if !origin_form {
+            return self.set_raw_path(&path);
+        }
+        // The parse `set_raw_path` gives this target, without its copy.
+        let uri = http::uri::PathAndQuery::from_maybe_shared(path.clone())
+            .map(Uri::from)
+            .explain_err(InvalidHTTPHeader, |_| {
+                format!("invalid uri {}", String::from_utf8_lossy(&path))
+            })?;
+        self.base.uri = uri;
+        self.raw_target = RawTarget::FromUri;
+        Ok(())
+    }
+
     /// Set whether we send an END_STREAM on H2 request HEADERS if body is empty.
     pub fn set_send_end_stream(&mut self, send_end_stream: bool) {
         self.send_end_stream = send_end_stream;
@@ -1288,6 +1312,48 @@ fn case_header_iter<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shared_target_is_kept_as_it_is_and_parsed_the_same() {
+        let targets: [&[u8]; 9] = [
+            b"/",
+            b"/a/b?q=1&r=%20",
+            b"/a#frag",
+            b"?q=1",
+            b"*",
+            b"http://host/p?q",
+            b"example.com:443",
+            b"/caf\xc3\xa9",
+            b"/\xff",
+        ];
+        for target in targets {
+            let mut copied = RequestHeader::build("GET", b"/old", None).unwrap();
+            copied.set_raw_path(target).unwrap();
+            let mut shared = RequestHeader::build("GET", b"/old", None).unwrap();
+            let held = Bytes::copy_from_slice(target);
+            shared.set_raw_path_shared(held.clone()).unwrap();
+            let shown = String::from_utf8_lossy(target);
+            assert_eq!(shared.uri, copied.uri, "{shown}");
+            assert_eq!(shared.raw_path(), copied.raw_path(), "{shown}");
+            assert_eq!(
+                shared.raw_path_is_utf8(),
+                copied.raw_path_is_utf8(),
+                "{shown}"
+            );
+            if target.first() == Some(&b'/') && !target.contains(&b'#') && target.is_ascii() {
+                let range = held.as_ptr_range();
+                let path = shared.uri.path_and_query().unwrap().as_str().as_ptr();
+                assert!(range.contains(&path), "{shown} was copied");
+            }
+        }
+        // A target the URI refuses is refused, and the old one stays.
+        let mut header = RequestHeader::build("GET", b"/old", None).unwrap();
+        assert!(header
+            .set_raw_path_shared(Bytes::from_static(b"/a b"))
+            .is_err());
+        assert!(RequestHeader::build("GET", b"/a b", None).is_err());
+        assert_eq!(header.raw_path(), b"/old");
+    }
+
     #[test]
     fn default_wire_case_is_title_case() {
         let cl = http::header::CONTENT_LENGTH;

@@ -384,13 +384,18 @@ impl HttpSession {
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
                         // Without a case map: one is kept below only if a name
-                        // is spelled its own way.
+                        // is spelled its own way. The target is set once the
+                        // buffer is shared (below), as a slice of it.
                         let mut request_header = Box::new(RequestHeader::build_no_case(
                             req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
+                            b"",
                             Some(req.headers.len()),
                         )?);
+                        // we path httparse to allow unsafe bytes in the str
+                        let target_range = req.path.map_or(0..0, |target| {
+                            let start = target.as_ptr() as usize - base;
+                            start..start + target.len()
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -417,6 +422,7 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
+                        request_header.set_raw_path_shared(buf.slice(target_range))?;
 
                         let mut default_case = true;
                         for header in &header_refs {
