@@ -94,11 +94,17 @@ pub fn run(
         .context("cannot install the SIGHUP handler")?;
 
     let grace = config.server.grace_period;
+    let threads = config
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One worker has no one to steal work from or give it to: it runs the
+    // single-threaded scheduler, which is cheaper per task switch.
+    let work_stealing = threads > 1;
+    tracing::info!(threads, work_stealing, "proxy workers");
     let mut conf = ServerConf {
-        threads: config
-            .server
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads,
+        work_stealing,
         // Whole seconds; the shutdown watcher below ends sooner once idle.
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -15,6 +15,15 @@ use crate::pki::{served_leaf, tls_connect, ClientSpec, TestCa};
 /// Starts a proxy with an HTTPS listener; `certs` are (file stem, leaf,
 /// default) written into the proxy's directory first.
 async fn tls_proxy(certs: &[(&str, &crate::pki::Leaf, bool)], body: &str) -> Proxy {
+    tls_proxy_with(certs, body, ProxyOptions::default().server).await
+}
+
+/// [`tls_proxy`] with the `[server]` table's contents.
+async fn tls_proxy_with(
+    certs: &[(&str, &crate::pki::Leaf, bool)],
+    body: &str,
+    server: String,
+) -> Proxy {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = String::new();
     for (name, leaf, default) in certs {
@@ -27,6 +36,7 @@ async fn tls_proxy(certs: &[(&str, &crate::pki::Leaf, bool)], body: &str) -> Pro
     Proxy::start_with(
         &config,
         ProxyOptions {
+            server,
             https: true,
             dir: Some(dir),
             ..ProxyOptions::default()
@@ -334,6 +344,80 @@ async fn tls12_and_tls13_only_and_h2_through_alpn() {
     let seen = up.seen().pop().expect("request");
     assert_eq!(seen.target, "/over-h2");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+}
+
+/// One worker runs the single-threaded scheduler (there is no other worker
+/// to steal work from); concurrent HTTP/1.1 connections, over TCP and TLS,
+/// and concurrent HTTP/2 streams on one connection are all served on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_worker_serves_concurrent_connections_and_http2_streams() {
+    let ca = TestCa::new();
+    let shop = ca.leaf(&["shop.example.com"]);
+    let up = Upstream::start("s").await;
+    let body = one_service(up.addr).replace(
+        "service = \"s\"\n",
+        "service = \"s\"\nhttps_redirect = false\n",
+    );
+    let proxy = tls_proxy_with(
+        &[("shop", &shop, true)],
+        &body,
+        "grace_period = \"5s\"\nthreads = 1\n".into(),
+    )
+    .await;
+    let logs = proxy.logs();
+    assert!(logs.contains("threads=1 work_stealing=false"), "{logs}");
+    let https = proxy.https.expect("https");
+
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let (addr, roots) = (proxy.addr, ca.roots());
+        clients.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut plain = h1_over(tcp).await;
+            let spec = ClientSpec {
+                sni: Some("shop.example.com"),
+                roots: Some(roots),
+                alpn: &[b"http/1.1"],
+                ..ClientSpec::default()
+            };
+            let mut tls = h1_over(tls_connect(https, spec).await.expect("handshake")).await;
+            for n in 0..5 {
+                let path = format!("/c{i}/r{n}");
+                for sender in [&mut plain, &mut tls] {
+                    let (status, _, body) = get_h1(sender, "shop.example.com", &path).await;
+                    assert_eq!((status, body.as_str()), (StatusCode::OK, "s\n"), "{path}");
+                }
+            }
+        });
+    }
+    let spec = ClientSpec {
+        sni: Some("shop.example.com"),
+        roots: Some(ca.roots()),
+        alpn: &[b"h2"],
+        ..ClientSpec::default()
+    };
+    let stream = tls_connect(https, spec).await.expect("handshake");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for n in 0..20 {
+        let mut sender = sender.clone();
+        clients.spawn(async move {
+            let req = Request::get(format!("https://shop.example.com/h2/{n}"))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let resp = sender.send_request(req).await.expect("h2 response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"s\n");
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("client");
+    }
+    assert_eq!(up.seen().len(), 6 * 5 * 2 + 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -566,12 +566,16 @@ where
         SV::CTX: Send + Sync,
     {
         /* run filters before sending to downstream */
-        let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
+        // Switchyard: each task is filtered in its place, so the filtered
+        // tasks need no second vector.
+        let mut filtered_tasks = tasks;
+        for i in 0..filtered_tasks.len() {
+            let mut t = std::mem::replace(&mut filtered_tasks[i], HttpTask::Done);
             if self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
                 // skip downstream filtering entirely as the 304 will not be sent
+                filtered_tasks.truncate(i);
                 break;
             }
             #[cfg(feature = "upstream_modules")]
@@ -596,7 +600,7 @@ where
                     return Err(e);
                 }
             }
-            filtered_tasks.push(task);
+            filtered_tasks[i] = task;
         }
 
         if !serve_from_cache.should_send_to_downstream() {

@@ -227,6 +227,15 @@ impl HttpSession {
     // Validate the response header read. This function must be called after the response header
     // read.
     fn validate_response(&self) -> Result<()> {
+        // Switchyard: the head's summary, made just before, already says
+        // whether its `Content-Length` resolves; only a head where it does
+        // not is looked at again, for the error.
+        if self
+            .resp_head
+            .is_some_and(|head| head.transfer_encoding || !head.content_length_invalid)
+        {
+            return Ok(());
+        }
         let resp_header = self
             .response_header
             .as_ref()
@@ -712,6 +721,9 @@ struct RespHead {
     chunked: bool,
     /// `None` also when the value is invalid (tolerated as close-delimited).
     content_length: Option<usize>,
+    /// Switchyard: a `Content-Length` is present but does not resolve to
+    /// one value (what `validate_response` refuses, unless tolerated).
+    content_length_invalid: bool,
     /// What `Connection` says: keep-alive, close, or neither.
     connection: Option<bool>,
     /// `Keep-Alive: timeout=.., max=..`.
@@ -720,12 +732,14 @@ struct RespHead {
 
 impl RespHead {
     fn of(h: &ResponseHeader) -> Self {
+        let content_length = content_length_for_framing(&h.headers);
         RespHead {
             status: h.status,
             version: h.version,
             transfer_encoding: h.headers.contains_key(header::TRANSFER_ENCODING),
             chunked: is_chunked_encoding_from_headers(&h.headers),
-            content_length: content_length_for_framing(&h.headers).unwrap_or(None),
+            content_length_invalid: content_length.is_err(),
+            content_length: content_length.unwrap_or(None),
             connection: is_buf_keepalive(h.headers.get(header::CONNECTION)),
             keepalive_values: keepalive_values(h.headers.get(KEEP_ALIVE)),
         }

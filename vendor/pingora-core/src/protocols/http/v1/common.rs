@@ -357,6 +357,19 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
+    // Switchyard: one lookup. An absent header (most requests) needs no
+    // second lookup to tell it from an invalid one, and a single value of
+    // plain digits (most responses) is read without the general pass, which
+    // gives the same value for it.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).into_iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_none() {
+        if let Some(cl) = from_digits(first.as_bytes()).and_then(|cl| usize::try_from(cl).ok()) {
+            return Ok(Some(cl));
+        }
+    }
     match content_length_parse_all(headers) {
         Some(cl) => {
             // Content-Length frames the body, so a value that does not fit in
@@ -373,13 +386,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        // Present (looked up above) but not resolvable to one value.
+        None => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
     }
 }
 
