@@ -430,24 +430,32 @@ impl RequestHeader {
         Ok(())
     }
 
-    /// Switchyard: [`Self::set_raw_path`] for a target held in shared bytes
-    /// (a slice of the buffer its request was read into). An origin-form
-    /// target (valid UTF-8, no fragment) is then stored without a copy, and
-    /// a clone of the header (the request sent upstream) shares it instead
-    /// of promoting a copy to shared storage. Any other target is
-    /// [`Self::set_raw_path`]'s.
-    pub fn set_raw_path_shared(&mut self, path: Bytes) -> Result<()> {
+    /// Switchyard: [`Self::set_raw_path`] for the target at `target` in
+    /// `buf`, the shared buffer its request was read into. An origin-form
+    /// target (valid UTF-8, no fragment) is then stored as a slice of `buf`,
+    /// without a copy, and a clone of the header (the request sent
+    /// upstream) shares it instead of promoting a copy to shared storage.
+    /// Any other target is [`Self::set_raw_path`]'s.
+    ///
+    /// # Panics
+    /// If `target` is not within `buf`.
+    pub fn set_raw_path_shared(
+        &mut self,
+        buf: &Bytes,
+        target: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let path = &buf[target.clone()];
         let origin_form = path.first() == Some(&b'/')
             && !path.contains(&b'#')
-            && std::str::from_utf8(&path).is_ok();
+            && std::str::from_utf8(path).is_ok();
         if !origin_form {
-            return self.set_raw_path(&path);
+            return self.set_raw_path(path);
         }
         // The parse `set_raw_path` gives this target, without its copy.
-        let uri = http::uri::PathAndQuery::from_maybe_shared(path.clone())
+        let uri = http::uri::PathAndQuery::from_maybe_shared(buf.slice(target))
             .map(Uri::from)
             .explain_err(InvalidHTTPHeader, |_| {
-                format!("invalid uri {}", String::from_utf8_lossy(&path))
+                format!("invalid uri {}", String::from_utf8_lossy(path))
             })?;
         self.base.uri = uri;
         self.raw_target = RawTarget::FromUri;
@@ -1329,8 +1337,11 @@ mod tests {
             let mut copied = RequestHeader::build("GET", b"/old", None).unwrap();
             copied.set_raw_path(target).unwrap();
             let mut shared = RequestHeader::build("GET", b"/old", None).unwrap();
-            let held = Bytes::copy_from_slice(target);
-            shared.set_raw_path_shared(held.clone()).unwrap();
+            // The target inside a larger buffer, as a request head has it.
+            let held = Bytes::from([b"GET ", target, b" HTTP/1.1\r\n"].concat());
+            shared
+                .set_raw_path_shared(&held, 4..4 + target.len())
+                .unwrap();
             let shown = String::from_utf8_lossy(target);
             assert_eq!(shared.uri, copied.uri, "{shown}");
             assert_eq!(shared.raw_path(), copied.raw_path(), "{shown}");
@@ -1348,7 +1359,7 @@ mod tests {
         // A target the URI refuses is refused, and the old one stays.
         let mut header = RequestHeader::build("GET", b"/old", None).unwrap();
         assert!(header
-            .set_raw_path_shared(Bytes::from_static(b"/a b"))
+            .set_raw_path_shared(&Bytes::from_static(b"/a b"), 0..4)
             .is_err());
         assert!(RequestHeader::build("GET", b"/a b", None).is_err());
         assert_eq!(header.raw_path(), b"/old");

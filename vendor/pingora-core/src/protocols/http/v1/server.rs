@@ -422,7 +422,7 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
-                        request_header.set_raw_path_shared(buf.slice(target_range))?;
+                        request_header.set_raw_path_shared(&buf, target_range)?;
 
                         let mut default_case = true;
                         for header in &header_refs {
