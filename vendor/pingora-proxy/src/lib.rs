@@ -1210,14 +1210,18 @@ where
             session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
         }
 
-        let req = session.downstream_session.req_header_mut();
-
-        // Built-in downstream request filters go first
-        if let Err(e) = session
-            .downstream_modules_ctx
-            .request_header_filter(req)
-            .await
-        {
+        // Built-in downstream request filters go first. Switchyard: only when
+        // there are any, since handing the request out mutably makes the
+        // session forget what it noted of its framing while parsing it.
+        if let Err(e) = if session.downstream_modules_ctx.is_empty() {
+            Ok(())
+        } else {
+            let req = session.downstream_session.req_header_mut();
+            session
+                .downstream_modules_ctx
+                .request_header_filter(req)
+                .await
+        } {
             return self
                 .handle_error(
                     session,

@@ -198,6 +198,12 @@ impl HttpModuleCtx {
         )
     }
 
+    /// Switchyard: whether there are no modules (whose filters would then
+    /// do nothing).
+    pub fn is_empty(&self) -> bool {
+        self.module_ctx.is_empty()
+    }
+
     /// Run the `request_header_filter` for all the modules according to their orders.
     pub async fn request_header_filter(&mut self, req: &mut RequestHeader) -> Result<()> {
         for filter in self.module_ctx.iter_mut() {

@@ -342,6 +342,8 @@ impl HttpSession {
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                         let mut default_case = true;
+                        let mut scan = HeadScan::default();
+                        let mut normalized = false;
                         for header in &header_refs {
                             let wire_name = header.get_name(&buf);
                             let header_name = match http::HeaderName::from_bytes(wire_name)
@@ -354,6 +356,16 @@ impl HttpSession {
                                 pingora_http::is_default_wire_case(&header_name, wire_name);
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
+                            let raw_value = header.get_value(&buf);
+                            if header_value.as_bytes().as_ptr() == raw_value.as_ptr()
+                                && header_value.len() == raw_value.len()
+                            {
+                                // The map holds these same bytes.
+                                scan.note(&header_name, raw_value);
+                            } else {
+                                // A folded value, rewritten for the map.
+                                normalized = true;
+                            }
                             if let Err(e) = response_header
                                 .append_parsed_header(header_name, header_value)
                                 .or_err(InvalidHTTPHeader, "while parsing response header")
@@ -372,11 +384,9 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        // Switchyard: noted while the map was built.
+                        let contains_transfer_encoding = scan.transfer_encoding != 0;
+                        let contains_content_length = scan.content_length != 0;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
@@ -385,10 +395,15 @@ impl HttpSession {
                             response_header.remove_header(&header::CONTENT_LENGTH);
                         }
 
+                        let resp_head = if normalized {
+                            RespHead::of(&response_header)
+                        } else {
+                            RespHead::scanned(&response_header, &scan)
+                        };
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
-                        self.resp_head = Some(RespHead::of(&response_header));
+                        self.resp_head = Some(resp_head);
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -741,20 +756,38 @@ impl RespHead {
             content_length_invalid: content_length.is_err(),
             content_length: content_length.unwrap_or(None),
             connection: is_buf_keepalive(h.headers.get(header::CONNECTION)),
-            keepalive_values: keepalive_values(h.headers.get(KEEP_ALIVE)),
+            keepalive_values: keepalive_values(h.headers.get(KEEP_ALIVE).map(|v| v.as_bytes())),
+        }
+    }
+
+    /// Switchyard: [`Self::of`] from what the head's fields said while they
+    /// were added to `h`'s map (the same values), without looking them up
+    /// again; [`Self::of`] itself when the head has a `Transfer-Encoding` or
+    /// a `Content-Length` that is not one value of plain digits.
+    fn scanned(h: &ResponseHeader, scan: &HeadScan) -> Self {
+        let Some(content_length) = scan.simple_content_length() else {
+            return Self::of(h);
+        };
+        RespHead {
+            status: h.status,
+            version: h.version,
+            transfer_encoding: false,
+            chunked: false,
+            content_length_invalid: false,
+            content_length,
+            connection: scan.connection_keepalive(),
+            keepalive_values: keepalive_values(scan.keep_alive),
         }
     }
 }
 
-const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-
 /// `Keep-Alive: timeout=5, max=1000` => 5, 1000
-fn keepalive_values(keep_alive_header: Option<&HeaderValue>) -> (Option<u64>, Option<usize>) {
+fn keepalive_values(keep_alive_header: Option<&[u8]>) -> (Option<u64>, Option<usize>) {
     let Some(keep_alive_header) = keep_alive_header else {
         return (None, None);
     };
 
-    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+    let Ok(header_value) = str::from_utf8(keep_alive_header) else {
         return (None, None);
     };
 
@@ -3097,6 +3130,38 @@ hello";
 #[cfg(test)]
 mod test_sync {
     use super::*;
+
+    /// Switchyard: a response head's facts taken from the scan of its fields
+    /// are the ones taken from its header map.
+    #[test]
+    fn resp_head_scanned_is_resp_head_of() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Content-Length", "3"), ("Connection", "keep-alive")],
+            &[("Content-Length", "3"), ("Connection", "close")],
+            &[("Connection", "Keep-Alive"), ("Keep-Alive", "timeout=7, max=9")],
+            &[("Content-Length", "3"), ("Content-Length", "3")],
+            &[("Content-Length", "3"), ("Content-Length", "4")],
+            &[("Content-Length", "x")],
+            &[("Transfer-Encoding", "gzip, chunked")],
+            &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+            &[("Upgrade", "websocket"), ("Connection", "upgrade")],
+        ];
+        for head in heads {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            let mut scan = HeadScan::default();
+            for (name, value) in head.iter() {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                scan.note(&name, value.as_bytes());
+                resp.append_header(name, *value).unwrap();
+            }
+            assert_eq!(
+                format!("{:?}", RespHead::scanned(&resp, &scan)),
+                format!("{:?}", RespHead::of(&resp)),
+                "{head:?}"
+            );
+        }
+    }
     use log::error;
 
     #[test]

@@ -255,16 +255,87 @@ pub(super) fn buf_to_content_length(header_value: Option<&[u8]>) -> Result<Optio
 
 #[inline]
 pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<bool> {
-    header_value.and_then(|value| {
-        let value = parse_connection_header(value.as_bytes());
-        if value.keep_alive {
-            Some(true)
-        } else if value.close {
-            Some(false)
-        } else {
-            None
+    header_value.and_then(|value| keepalive_of_value(value.as_bytes()))
+}
+
+/// Switchyard: what a head's framing and connection fields say, noted while
+/// its fields are added to the header map, so the checks that follow the
+/// parse need no map lookups for fields the head does not have (most heads
+/// have neither `Transfer-Encoding` nor `Connection`, most requests no
+/// `Content-Length`). Only the first value of each field is kept, with a
+/// count where more than one changes the answer; a caller with an unusual
+/// head (any `Transfer-Encoding`, more than one `Content-Length`) asks the
+/// header map as before.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct HeadScan<'a> {
+    /// How many `Transfer-Encoding` fields.
+    pub transfer_encoding: usize,
+    /// How many `Content-Length` fields.
+    pub content_length: usize,
+    /// The first `Content-Length` value.
+    pub content_length_value: Option<&'a [u8]>,
+    /// The first `Connection` value.
+    pub connection: Option<&'a [u8]>,
+    /// The first `Keep-Alive` value.
+    pub keep_alive: Option<&'a [u8]>,
+    /// Whether there is an `Upgrade` field.
+    pub upgrade: bool,
+}
+
+/// `Keep-Alive`, which `http` has no constant for.
+pub(super) const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
+impl<'a> HeadScan<'a> {
+    /// Note one field of the head, as the header map receives it.
+    #[inline]
+    pub fn note(&mut self, name: &http::HeaderName, value: &'a [u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.content_length += 1;
+            self.content_length_value.get_or_insert(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding += 1;
+        } else if *name == header::CONNECTION {
+            self.connection.get_or_insert(value);
+        } else if *name == header::UPGRADE {
+            self.upgrade = true;
+        } else if *name == KEEP_ALIVE {
+            self.keep_alive.get_or_insert(value);
         }
-    })
+    }
+
+    /// What `Connection` says, as [`is_buf_keepalive`] reads the map's first
+    /// value.
+    pub fn connection_keepalive(&self) -> Option<bool> {
+        self.connection.and_then(keepalive_of_value)
+    }
+
+    /// The `Content-Length` that frames the body, when the head has no
+    /// `Transfer-Encoding` and at most one `Content-Length` of plain digits:
+    /// `Some(None)` for none, `Some(Some(n))` for `n`. `None` when the map's
+    /// general rules must decide ([`content_length_for_framing`]).
+    pub fn simple_content_length(&self) -> Option<Option<usize>> {
+        if self.transfer_encoding != 0 {
+            return None;
+        }
+        match (self.content_length, self.content_length_value) {
+            (0, _) => Some(None),
+            (1, Some(value)) => from_digits(value)
+                .and_then(|cl| usize::try_from(cl).ok())
+                .map(Some),
+            _ => None,
+        }
+    }
+}
+
+fn keepalive_of_value(value: &[u8]) -> Option<bool> {
+    let value = parse_connection_header(value);
+    if value.keep_alive {
+        Some(true)
+    } else if value.close {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 #[inline]
@@ -453,6 +524,87 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    /// Switchyard: what a scan of a head's fields says is what the header
+    /// map says, for every head the scan answers for; the others are left to
+    /// the map.
+    #[test]
+    fn head_scan_agrees_with_the_header_map() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("host", "a")],
+            &[("content-length", "5")],
+            &[("content-length", "0")],
+            &[("content-length", "5"), ("content-length", "5")],
+            &[("content-length", "5, 5")],
+            &[("content-length", "+5")],
+            &[("content-length", "99999999999999999999999")],
+            &[("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            &[("connection", "close")],
+            &[("connection", "Keep-Alive")],
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            &[("connection", "te"), ("connection", "close")],
+            &[("connection", "close, keep-alive")],
+            &[("keep-alive", "timeout=5"), ("keep-alive", "max=3")],
+        ];
+        for head in heads {
+            let mut map = HMap::new();
+            let mut scan = HeadScan::default();
+            for (name, value) in head.iter() {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                scan.note(&name, value.as_bytes());
+                map.append(name, HeaderValue::from_str(value).unwrap());
+            }
+            assert_eq!(
+                scan.connection_keepalive(),
+                is_buf_keepalive(map.get(header::CONNECTION)),
+                "{head:?}"
+            );
+            assert_eq!(scan.upgrade, map.contains_key(header::UPGRADE), "{head:?}");
+            assert_eq!(
+                scan.keep_alive,
+                map.get(KEEP_ALIVE).map(|v| v.as_bytes()),
+                "{head:?}"
+            );
+            assert_eq!(
+                scan.transfer_encoding != 0,
+                map.contains_key(header::TRANSFER_ENCODING),
+                "{head:?}"
+            );
+            assert_eq!(
+                scan.content_length != 0,
+                map.contains_key(header::CONTENT_LENGTH),
+                "{head:?}"
+            );
+            match scan.simple_content_length() {
+                Some(length) => {
+                    assert!(!map.contains_key(header::TRANSFER_ENCODING), "{head:?}");
+                    assert_eq!(content_length_for_framing(&map).unwrap(), length, "{head:?}");
+                    assert!(validate_content_length(&map).is_ok(), "{head:?}");
+                }
+                // Left to the map: a `Transfer-Encoding`, or a
+                // `Content-Length` that is not one value of plain digits.
+                None => assert!(
+                    map.contains_key(header::TRANSFER_ENCODING)
+                        || map.get_all(header::CONTENT_LENGTH).iter().count() > 1
+                        || map.get(header::CONTENT_LENGTH).is_some_and(|v| {
+                            from_digits(v.as_bytes())
+                                .and_then(|n| usize::try_from(n).ok())
+                                .is_none()
+                        }),
+                    "{head:?}"
+                ),
+            }
+        }
+        // The answers the checks rely on, spelled out.
+        let mut scan = HeadScan::default();
+        scan.note(&header::CONTENT_LENGTH, b"12");
+        assert_eq!(scan.simple_content_length(), Some(Some(12)));
+        scan.note(&header::TRANSFER_ENCODING, b"chunked");
+        assert_eq!(scan.simple_content_length(), None);
+        assert_eq!(HeadScan::default().simple_content_length(), Some(None));
+    }
 
     #[test]
     fn test_validate_content_length() {

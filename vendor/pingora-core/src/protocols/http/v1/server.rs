@@ -42,6 +42,20 @@ use crate::protocols::http::{
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
 
+/// Switchyard: a request head without `Transfer-Encoding` and with at most
+/// one `Content-Length` of plain digits, as its fields said when it was
+/// parsed ([`HeadScan`]); what the session would otherwise look up in the
+/// header map again and again while it serves the request.
+#[derive(Debug, Clone, Copy)]
+struct ReqFacts {
+    /// The body's length; `None` for no `Content-Length` (no body).
+    content_length: Option<usize>,
+    /// What the first `Connection` value says.
+    connection: Option<bool>,
+    /// Whether there is an `Upgrade` field.
+    upgrade: bool,
+}
+
 /// Switchyard: reads into `buf` like `read_buf`, but an empty `buf` gets its
 /// room (`INIT_HEADER_BUF_SIZE`) when a poll needs it, and a poll that has
 /// to wait gives the room back once the stream says its own idle buffers
@@ -133,6 +147,9 @@ pub struct HttpSession {
     response_written: Option<Box<ResponseHeader>>,
     /// The parsed request header
     request_header: Option<Box<RequestHeader>>,
+    /// Switchyard: what the request head's framing and connection fields
+    /// said when it was parsed, kept until the head is handed out mutably.
+    req_facts: Option<ReqFacts>,
     /// An internal buffer that holds a copy of the request body up to a certain size
     retry_buffer: Option<FixedBuffer>,
     /// Whether this session is an upgraded session. This flag is calculated when sending the
@@ -218,6 +235,7 @@ impl HttpSession {
             update_resp_headers: true,
             response_written: None,
             request_header: None,
+            req_facts: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
             total_drain_timeout: None,
@@ -425,12 +443,15 @@ impl HttpSession {
                         request_header.set_raw_path_shared(&buf, target_range)?;
 
                         let mut default_case = true;
+                        let mut scan = HeadScan::default();
                         for header in &header_refs {
                             let wire_name = header.get_name(&buf);
                             let header_name = http::HeaderName::from_bytes(wire_name)
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                             default_case &=
                                 pingora_http::is_default_wire_case(&header_name, wire_name);
+                            // The map holds these same bytes.
+                            scan.note(&header_name, header.get_value(&buf));
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
                             let header_value = unsafe {
@@ -449,10 +470,9 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        // Switchyard: noted while the map was built.
+                        let contains_transfer_encoding = scan.transfer_encoding != 0;
+                        let contains_content_length = scan.content_length != 0;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -466,6 +486,12 @@ impl HttpSession {
                             request_header.remove_header(&CONTENT_LENGTH);
                         }
 
+                        self.req_facts =
+                            scan.simple_content_length().map(|content_length| ReqFacts {
+                                content_length,
+                                connection: scan.connection_keepalive(),
+                                upgrade: scan.upgrade,
+                            });
                         self.buf = buf;
                         self.preread_body = Some(preread_body);
                         self.request_header = Some(request_header);
@@ -540,6 +566,12 @@ impl HttpSession {
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
 
+        if self.req_facts.is_some() {
+            // Switchyard: the head has no `Transfer-Encoding` and at most one
+            // `Content-Length` of plain digits, which the checks below accept.
+            return Ok(());
+        }
+
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
@@ -579,6 +611,8 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        // The caller may change the fields the facts were taken from.
+        self.req_facts = None;
         self.request_header
             .as_mut()
             .expect("Request header is not read yet")
@@ -624,9 +658,10 @@ impl HttpSession {
 
     /// Is the request a upgrade request
     pub fn is_upgrade_req(&self) -> bool {
-        match self.request_header.as_deref() {
-            Some(req) => is_upgrade_req(req),
-            None => false,
+        match (self.request_header.as_deref(), self.req_facts) {
+            (Some(req), Some(facts)) => req.version == Version::HTTP_11 && facts.upgrade,
+            (Some(req), None) => is_upgrade_req(req),
+            (None, _) => false,
         }
     }
 
@@ -830,7 +865,10 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
-        is_buf_keepalive(self.get_header(header::CONNECTION))
+        match self.req_facts {
+            Some(facts) => facts.connection,
+            None => is_buf_keepalive(self.get_header(header::CONNECTION)),
+        }
     }
 
     // calculate write timeout from min_send_rate if set, otherwise return write_timeout
@@ -1185,6 +1223,11 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
+            } else if let Some(facts) = self.req_facts {
+                // Switchyard: no `Transfer-Encoding`; the length, if any, as
+                // `get_content_length` reads it.
+                self.body_reader
+                    .init_content_length_owned(facts.content_length.unwrap_or(0), preread_body);
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
@@ -2077,6 +2120,72 @@ mod tests_stream {
         assert_eq!(res, input3.as_slice());
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
         assert_eq!(http_stream.body_bytes_read(), 3);
+    }
+
+    /// Switchyard: the framing noted while a head is parsed frames its
+    /// body, and is forgotten once the head is handed out mutably (the body
+    /// is then framed by what the head says after the change).
+    #[tokio::test]
+    async fn framing_noted_at_parse_until_the_head_is_changed() {
+        init_log();
+        let input = b"POST / HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\nabc";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.req_facts.is_some());
+        assert_eq!(http_stream.read_body_bytes().await.unwrap().unwrap(), "abc");
+        assert!(http_stream.is_body_done());
+
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream
+            .req_header_mut()
+            .insert_header("Content-Length", "2")
+            .unwrap();
+        assert!(http_stream.req_facts.is_none());
+        assert_eq!(http_stream.read_body_bytes().await.unwrap().unwrap(), "ab");
+        assert!(http_stream.is_body_done());
+
+        // No length: no body, and the connection is kept (HTTP/1.1).
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.read_body_bytes().await.unwrap().is_none());
+        assert!(http_stream.will_keepalive());
+        assert!(!http_stream.is_upgrade_req());
+
+        // `Connection: close` as noted.
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\nConnection: close\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.req_facts.is_some());
+        assert!(!http_stream.will_keepalive());
+
+        // `Upgrade` counts on HTTP/1.1 only, as without the facts.
+        for (version, upgrade) in [("1.1", true), ("1.0", false)] {
+            let input = format!(
+                "GET / HTTP/{version}\r\nHost: pingora.org\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            );
+            let mock_io = Builder::new().read(input.as_bytes()).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            assert!(http_stream.req_facts.is_some());
+            assert_eq!(http_stream.is_upgrade_req(), upgrade, "HTTP/{version}");
+            let facts = http_stream.req_facts.take();
+            assert_eq!(http_stream.is_upgrade_req(), upgrade, "HTTP/{version}");
+            http_stream.req_facts = facts;
+        }
+
+        // A head the facts do not answer for: the map decides.
+        let input = b"POST / HTTP/1.1\r\nHost: pingora.org\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.req_facts.is_none());
+        assert_eq!(http_stream.read_body_bytes().await.unwrap().unwrap(), "abc");
     }
 
     #[tokio::test]
