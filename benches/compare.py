@@ -170,8 +170,9 @@ http {{
 
     # -------------------------------------------------------------- proxies
 
-    def proxy_argv(self, name, http, https):
-        """argv and readiness port for proxy `name` on the given ports."""
+    def proxy_argv(self, name, http, https, single_process=False):
+        """argv for proxy `name` on the given ports (nginx without its master
+        process when `single_process`, so one process does all the work)."""
         up = f"127.0.0.1:{self.up_port}"
         if name == "switchyard":
             conf = self.work / "switchyard.toml"
@@ -183,7 +184,7 @@ http {{
         if name == "nginx":
             conf = self.work / "nginx.conf"
             conf.write_text(f"""
-daemon off; worker_processes 1; worker_rlimit_nofile 16000;
+daemon off; worker_processes 1; worker_rlimit_nofile 16000;{" master_process off;" if single_process else ""}
 error_log {self.work}/nginx-error.log; pid {self.work}/nginx.pid;
 events {{ worker_connections 20000; }}
 http {{
@@ -321,6 +322,41 @@ backend be
             "http1_100k_mb_s": lambda: {"value": self.wrk(f"{base}/big")["mb_s"]},
         }
 
+    def instructions(self, name):
+        """User-space instructions per proxied HTTP/1.1 keep-alive request.
+
+        The proxy runs under callgrind; after a warm-up its counters are
+        zeroed, a fixed number of requests go over one keep-alive connection,
+        and the counters are dumped: all the proxy's threads, divided by the
+        requests. Unlike a rate, this does not move with the machine's load
+        or the other tenants of a VM (counts repeat to within a few
+        instructions), so it shows small changes to the per-request path.
+        """
+        warm, n = (200, 1000) if self.quick else (1000, 10000)
+        http, https = free_port(), free_port()
+        out = self.work / f"callgrind-{name}.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                *self.proxy_argv(name, http, https, single_process=True)]
+        p = Proc(f"{name}-callgrind", argv, self.log, env=dict(os.environ, RUST_LOG="warn"))
+        self.procs.append(p)
+        try:
+            wait_port(http, p.proc, f"{name} under callgrind", timeout=180)
+            keepalive_requests(http, warm)
+            control = ["callgrind_control"]
+            subprocess.run([*control, "--zero", str(p.proc.pid)], check=True, capture_output=True)
+            keepalive_requests(http, n)
+            subprocess.run([*control, "--dump", str(p.proc.pid)], check=True, capture_output=True)
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                for dump in self.work.glob(f"{out.name}.*"):
+                    m = re.search(r"^summary: (\d+)", dump.read_text(), re.M)
+                    if m:
+                        return int(m.group(1)) / n
+                time.sleep(0.2)
+            raise RuntimeError(f"{name}: no callgrind dump within 60 s")
+        finally:
+            self.stop(p)
+
     # ------------------------------------------------------------------ run
 
     def run_comparison(self, proxies):
@@ -400,6 +436,35 @@ backend be
         return curves
 
 
+def keepalive_requests(port, n):
+    """`n` GET /small over one keep-alive connection, as wrk sends them."""
+    req = f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        buf = b""
+        for _ in range(n):
+            s.sendall(req)
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"port {port}: connection closed mid-run")
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            if lines[0].split()[1] != b"200":
+                raise RuntimeError(f"port {port}: {lines[0]!r}")
+            length = 0
+            for line in lines[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            while len(buf) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"port {port}: connection closed mid-body")
+                buf += chunk
+            buf = buf[length:]
+
+
 def switchyard_config(http, https, upstream, cert, key, routes):
     lines = [
         f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n',
@@ -426,6 +491,7 @@ LABELS = {
     "latency_p99_us": ("Latency p99 at fixed rate (µs)", False),
     "idle_tls_kib_per_conn": ("Memory per idle TLS connection (KiB)", False),
     "idle_tls_rss_mib": ("RSS holding the idle TLS connections (MiB)", False),
+    "instructions_per_request": ("HTTP/1.1 keep-alive: user-space instructions per request (callgrind)", False),
 }
 
 
@@ -492,6 +558,9 @@ def main():
         bench.start_upstream()
         proxies = ["switchyard", "pingora-floor", "nginx", "haproxy"]
         results = bench.run_comparison(proxies)
+        for name in proxies:
+            results[name]["instructions_per_request"] = bench.instructions(name)
+            print(f"instructions: {name} done", file=sys.stderr, flush=True)
         curves = bench.run_cost_curves()
     finally:
         bench.close()

@@ -5,11 +5,15 @@
 # benches/results/{latest,quick}.{md,json}.
 #
 #   benches/compare.sh            # full: 3 rounds of 10 s per scenario (~15 min)
-#   benches/compare.sh --quick    # one short round (~2 min): checks the harness works
+#   benches/compare.sh --quick    # one short round (~3 min): checks the harness works
+#
+# Each proxy also runs once under valgrind's callgrind, which counts the
+# instructions a proxied request costs it: a measure that does not move
+# with the machine's load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_build_deps nginx haproxy wrk h2load:nghttp2-client openssl taskset:util-linux python3
+ensure_build_deps nginx haproxy wrk h2load:nghttp2-client openssl taskset:util-linux python3 valgrind
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked --bin switchyard --example pingora-floor --example loadgen
 exec python3 benches/compare.py --bin-dir target/release "$@"

@@ -23,11 +23,16 @@ const fn refused(status: u16, body: &'static str) -> Refused {
 
 /// Checks one request head. `target_len` is the length of the request
 /// target as sent; `head_len` the request line and headers as received.
+/// `simple_framing` is what the session noted of an HTTP/1 head's framing
+/// while parsing it, when the head has no `Transfer-Encoding` and at most
+/// one `Content-Length` of plain digits (`Some(None)`: none): the framing
+/// checks then need no lookups. `None` looks at the headers.
 pub fn check(
     version: Version,
     authority_in_target: bool,
     target_len: usize,
     headers: &HeaderMap,
+    simple_framing: Option<Option<usize>>,
     limits: &HttpSettings,
 ) -> Result<(), Refused> {
     if target_len > limits.max_uri_bytes {
@@ -50,9 +55,20 @@ pub fn check(
     let h1 = matches!(version, Version::HTTP_10 | Version::HTTP_11);
     if h1 {
         check_host(version, authority_in_target, headers)?;
-        check_framing(version, headers)?;
     }
-    if let Some(len) = content_length(headers)? {
+    let length = match simple_framing {
+        // No `Transfer-Encoding`, so the framing check passes; at most one
+        // `Content-Length`, of at most 19 plain digits, which
+        // `content_length` reads as the same number.
+        Some(length) => length.map(|n| n as u64),
+        _ => {
+            if h1 {
+                check_framing(version, headers)?;
+            }
+            content_length(headers)?
+        }
+    };
+    if let Some(len) = length {
         if len > limits.max_body_bytes {
             return Err(refused(413, "413 Content Too Large\n"));
         }
@@ -181,6 +197,41 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    /// The framing the session noted while parsing stands for the framing
+    /// headers: a length is held to the body limit as the header's is.
+    #[test]
+    fn noted_framing_is_checked_like_the_headers() {
+        let limits = HttpSettings::default();
+        let host = headers(&[("host", "a.example")]);
+        let noted = |framing| {
+            check(Version::HTTP_11, false, 1, &host, framing, &limits)
+                .map_or_else(|r| r.status, |()| 200)
+        };
+        assert_eq!(noted(Some(None)), 200);
+        assert_eq!(noted(Some(Some(10))), 200);
+        let over = usize::try_from(limits.max_body_bytes).expect("limit") + 1;
+        assert_eq!(noted(Some(Some(over))), 413);
+        let with_length = headers(&[("host", "a.example"), ("content-length", &over.to_string())]);
+        assert_eq!(
+            check(Version::HTTP_11, false, 1, &with_length, None, &limits)
+                .map_or_else(|r| r.status, |()| 200),
+            413
+        );
+        // Still checked with noted framing: the host.
+        assert_eq!(
+            check(
+                Version::HTTP_11,
+                false,
+                1,
+                &headers(&[]),
+                Some(None),
+                &limits
+            )
+            .map_or_else(|r| r.status, |()| 200),
+            400
+        );
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -193,7 +244,7 @@ mod tests {
     }
 
     fn status(v: Version, pairs: &[(&str, &str)]) -> u16 {
-        check(v, false, 1, &headers(pairs), &HttpSettings::default())
+        check(v, false, 1, &headers(pairs), None, &HttpSettings::default())
             .map_or_else(|r| r.status, |()| 200)
     }
 
@@ -268,7 +319,8 @@ mod tests {
         };
         let ok = headers(&[("host", "a")]);
         let run = |target: usize, h: &HeaderMap| {
-            check(Version::HTTP_11, false, target, h, &limits).map_or_else(|r| r.status, |()| 200)
+            check(Version::HTTP_11, false, target, h, None, &limits)
+                .map_or_else(|r| r.status, |()| 200)
         };
         assert_eq!(run(100, &ok), 200);
         assert_eq!(run(101, &ok), 414);

@@ -380,6 +380,7 @@ impl ProxyHttp for Proxy {
             req.uri.authority().is_some(),
             req.raw_path().len(),
             &req.headers,
+            session.simple_framing(),
             &ctx.snapshot.http,
         ) {
             // Nothing after a refused head is read as a request.

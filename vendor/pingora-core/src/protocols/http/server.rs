@@ -162,6 +162,16 @@ impl Session {
         }
     }
 
+    /// Switchyard: what an HTTP/1 request head said of its framing when it
+    /// was parsed, if it has not been changed since and is simple (see
+    /// [`SessionV1::simple_framing`]); `None` for other sessions.
+    pub fn simple_framing(&self) -> Option<Option<usize>> {
+        match self {
+            Self::H1(s) => s.simple_framing(),
+            _ => None,
+        }
+    }
+
     /// Return a mutable reference to request header it just read.
     /// # Panic
     /// This function will panic if [`Self::read_request()`] is not called.

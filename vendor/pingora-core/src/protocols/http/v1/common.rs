@@ -310,7 +310,8 @@ impl<'a> HeadScan<'a> {
     }
 
     /// The `Content-Length` that frames the body, when the head has no
-    /// `Transfer-Encoding` and at most one `Content-Length` of plain digits:
+    /// `Transfer-Encoding` and at most one `Content-Length` of at most 19
+    /// plain digits (any such number fits a `u64`):
     /// `Some(None)` for none, `Some(Some(n))` for `n`. `None` when the map's
     /// general rules must decide ([`content_length_for_framing`]).
     pub fn simple_content_length(&self) -> Option<Option<usize>> {
@@ -319,7 +320,7 @@ impl<'a> HeadScan<'a> {
         }
         match (self.content_length, self.content_length_value) {
             (0, _) => Some(None),
-            (1, Some(value)) => from_digits(value)
+            (1, Some(value)) if value.len() <= 19 => from_digits(value)
                 .and_then(|cl| usize::try_from(cl).ok())
                 .map(Some),
             _ => None,
@@ -539,6 +540,8 @@ mod test {
             &[("content-length", "5, 5")],
             &[("content-length", "+5")],
             &[("content-length", "99999999999999999999999")],
+            &[("content-length", "00000000000000000005")],
+            &[("content-length", "9999999999999999999")],
             &[("transfer-encoding", "chunked")],
             &[("transfer-encoding", "chunked"), ("content-length", "5")],
             &[("connection", "close")],
@@ -580,7 +583,11 @@ mod test {
             match scan.simple_content_length() {
                 Some(length) => {
                     assert!(!map.contains_key(header::TRANSFER_ENCODING), "{head:?}");
-                    assert_eq!(content_length_for_framing(&map).unwrap(), length, "{head:?}");
+                    assert_eq!(
+                        content_length_for_framing(&map).unwrap(),
+                        length,
+                        "{head:?}"
+                    );
                     assert!(validate_content_length(&map).is_ok(), "{head:?}");
                 }
                 // Left to the map: a `Transfer-Encoding`, or a
@@ -589,9 +596,10 @@ mod test {
                     map.contains_key(header::TRANSFER_ENCODING)
                         || map.get_all(header::CONTENT_LENGTH).iter().count() > 1
                         || map.get(header::CONTENT_LENGTH).is_some_and(|v| {
-                            from_digits(v.as_bytes())
-                                .and_then(|n| usize::try_from(n).ok())
-                                .is_none()
+                            v.len() > 19
+                                || from_digits(v.as_bytes())
+                                    .and_then(|n| usize::try_from(n).ok())
+                                    .is_none()
                         }),
                     "{head:?}"
                 ),

@@ -607,6 +607,14 @@ impl HttpSession {
             .expect("Request header is not read yet")
     }
 
+    /// Switchyard: for a request head not changed since it was parsed and
+    /// without `Transfer-Encoding` or more than one `Content-Length`:
+    /// `Some(length)`, the one plain-digit `Content-Length` or `None`
+    /// without one. `None` when the head's map must be asked.
+    pub fn simple_framing(&self) -> Option<Option<usize>> {
+        self.req_facts.map(|facts| facts.content_length)
+    }
+
     /// Return a mutable reference of the `RequestHeader` this session read
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
