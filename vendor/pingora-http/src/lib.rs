@@ -1219,6 +1219,34 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
     header_value_from_raw(bytes::Bytes::copy_from_slice(raw))
 }
 
+/// Switchyard: whether `bytes` holds a CR, LF or NUL, eight bytes at a time
+/// (a byte-by-byte scan of every value of every response was a visible part
+/// of reading a response head).
+fn has_cr_lf_or_nul(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Non-zero when some byte of `word` is zero (exact: no false positives
+    // once any borrow is masked by `!word`).
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_ne_bytes(word);
+        if zero_byte(word)
+            | zero_byte(word ^ (ONES * u64::from(b'\r')))
+            | zero_byte(word ^ (ONES * u64::from(b'\n')))
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
+}
+
 /// Normalize a header field value per RFC 9110 section 5.5 and RFC 9112
 /// section 5.2:
 ///
@@ -1235,7 +1263,7 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
 /// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     // Fast path: no CR/LF/NUL, nothing to do.
-    if !raw.iter().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+    if !has_cr_lf_or_nul(&raw) {
         return raw;
     }
 
@@ -2167,6 +2195,35 @@ mod tests {
                 .map(|d| d.as_bytes())
                 .unwrap()
         );
+    }
+
+    /// Switchyard: the word-at-a-time scan finds what a byte scan finds, at
+    /// every position and next to every other byte value.
+    #[test]
+    fn has_cr_lf_or_nul_is_a_byte_scan() {
+        for len in 0..20 {
+            for pos in 0..len {
+                for special in [b'\r', b'\n', 0u8] {
+                    for filler in [b'a', 0x01, 0x0c, 0x0e, 0x7f, 0x80, 0x8d, 0xff] {
+                        let mut v = vec![filler; len];
+                        assert!(!has_cr_lf_or_nul(&v), "{v:?}");
+                        v[pos] = special;
+                        assert!(has_cr_lf_or_nul(&v), "{v:?}");
+                    }
+                }
+            }
+        }
+        // Every byte value alone, and after a run of bytes just above the
+        // searched ones (where a borrow could carry into the next byte).
+        for b in 0..=255u8 {
+            let expect = matches!(b, b'\r' | b'\n' | 0);
+            for prefix in [0usize, 3, 7] {
+                let mut v = vec![0x0e; prefix];
+                v.push(b);
+                v.resize(16, 0x0b);
+                assert_eq!(has_cr_lf_or_nul(&v), expect, "{v:?}");
+            }
+        }
     }
 
     #[test]
