@@ -351,26 +351,28 @@ fn valid_request_line(line: &[u8]) -> bool {
 
 /// The bytes of a method (`tchar`, RFC 9110 5.6.2), one lookup per byte
 /// (a search of the list per byte cost more than the rest of the check).
-static TOKEN: [bool; 256] = {
-    let mut class = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        class[b] = is_tchar(b as u8);
-        b += 1;
-    }
-    class
-};
+static TOKEN: [bool; 256] = byte_class(ByteClass::Token);
 
 /// The bytes of a request target, one lookup per byte.
-static TARGET: [bool; 256] = {
+static TARGET: [bool; 256] = byte_class(ByteClass::Target);
+
+enum ByteClass {
+    Token,
+    Target,
+}
+
+const fn byte_class(which: ByteClass) -> [bool; 256] {
     let mut class = [false; 256];
     let mut b = 0;
     while b < 256 {
-        class[b] = is_target_byte(b as u8);
+        class[b] = match which {
+            ByteClass::Token => is_tchar(b as u8),
+            ByteClass::Target => is_target_byte(b as u8),
+        };
         b += 1;
     }
     class
-};
+}
 
 const fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
