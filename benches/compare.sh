@@ -5,7 +5,7 @@
 # benches/results/{latest,quick}.{md,json}.
 #
 #   benches/compare.sh            # full: 3 rounds of 10 s per scenario (~15 min)
-#   benches/compare.sh --quick    # one short round (~3 min): checks the harness works
+#   benches/compare.sh --quick    # one short round (~2 min): checks the harness works
 #
 # Each proxy also runs once under valgrind's callgrind, which counts the
 # instructions a proxied request costs it: a measure that does not move
