@@ -61,7 +61,7 @@ pub fn check(
         // `Content-Length`, of at most 19 plain digits, which
         // `content_length` reads as the same number.
         Some(length) => length.map(|n| n as u64),
-        _ => {
+        None => {
             if h1 {
                 check_framing(version, headers)?;
             }

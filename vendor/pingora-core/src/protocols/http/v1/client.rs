@@ -2439,6 +2439,42 @@ mod tests_stream {
         }
     }
 
+    /// Switchyard: the summary a response head is read with (taken from
+    /// the fields as they were parsed) is the one its final header map
+    /// gives, for plain, duplicate, conflicting, chunked and folded framing
+    /// and connection fields.
+    #[tokio::test]
+    async fn read_response_summary_is_the_header_maps() {
+        init_log();
+        let heads: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nConnection: close\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive,\r\n close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5,\r\n\tmax=9\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ];
+        for head in heads {
+            let mock_io = Builder::new().read(head).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            // Heads the framework refuses are refused either way.
+            let _ = http_stream.read_response().await;
+            let Some(resp) = http_stream.resp_header() else {
+                continue;
+            };
+            assert_eq!(
+                format!("{:?}", http_stream.resp_head),
+                format!("{:?}", Some(RespHead::of(resp))),
+                "{}",
+                head.escape_ascii()
+            );
+        }
+    }
+
     // Each obs-fold (CRLF + at least one SP/HTAB) in a received header
     // value is replaced with a single SP before the value is interpreted,
     // via `pingora_http::header_value_from_raw`.

@@ -2153,6 +2153,52 @@ mod tests_stream {
         assert_eq!(http_stream.body_bytes_read(), 3);
     }
 
+    /// Switchyard: what a request head's fields said as they were parsed
+    /// is what its header map says, and heads it does not answer for are
+    /// left to the map.
+    #[tokio::test]
+    async fn noted_request_framing_is_the_header_maps() {
+        init_log();
+        let heads: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 12\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: te, close\r\nConnection: keep-alive\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ];
+        for head in heads {
+            let mock_io = Builder::new().read(head).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            let map = &http_stream.req_header().headers;
+            let what = head.escape_ascii();
+            match http_stream.req_facts {
+                Some(facts) => {
+                    assert!(!map.contains_key(TRANSFER_ENCODING), "{what}");
+                    assert_eq!(
+                        Some(facts.content_length),
+                        content_length_for_framing(map).ok(),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        facts.connection,
+                        is_buf_keepalive(map.get(header::CONNECTION)),
+                        "{what}"
+                    );
+                    assert_eq!(facts.upgrade, map.contains_key(header::UPGRADE), "{what}");
+                }
+                None => assert!(
+                    map.contains_key(TRANSFER_ENCODING)
+                        || map.get_all(CONTENT_LENGTH).iter().count() > 1,
+                    "{what}"
+                ),
+            }
+        }
+    }
+
     /// Switchyard: the framing noted while a head is parsed frames its
     /// body, and is forgotten once the head is handed out mutably (the body
     /// is then framed by what the head says after the change).
