@@ -329,8 +329,9 @@ backend be
         zeroed, a fixed number of requests go over one keep-alive connection,
         and the counters are dumped: all the proxy's threads, divided by the
         requests. Unlike a rate, this does not move with the machine's load
-        or the other tenants of a VM (counts repeat to within a few
-        instructions), so it shows small changes to the per-request path.
+        or the other tenants of a VM (repeat runs agree to about 1%: what
+        moves is timer threads' work, which follows the run's length), so it
+        shows small changes to the per-request path.
         """
         warm, n = (200, 1000) if self.quick else (1000, 10000)
         http, https = free_port(), free_port()
