@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The unit tests of the framework crates Switchyard carries in vendor/
-# (pingora-http, pingora-core, pingora-proxy), each against the other
-# vendored crates, with its own committed lockfile. Called by test.sh.
+# (pingora-http, pingora-core, pingora-proxy, and the allocator binding
+# mimalloc), each against the other vendored crates, with its own
+# committed lockfile. Called by test.sh.
 #
 # Skipped: the tests that dial hosts on the internet or unroutable
 # addresses, read pingora's own test keys (not carried here), or need a
@@ -49,3 +50,4 @@ done
 (cd pingora-http && cargo test --locked --lib)
 (cd pingora-core && cargo test --locked "${patch[@]:0:4}" --features rustls --lib -- --exact "${skips[@]}")
 (cd pingora-proxy && cargo test --locked "${patch[@]}" --lib)
+(cd mimalloc && cargo test --locked --lib)

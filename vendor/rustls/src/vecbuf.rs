@@ -233,6 +233,24 @@ impl ChunkVecBuffer {
             return Ok(0);
         }
 
+        // Switchyard: one chunk (a response's records gathered into one) is
+        // written as it is, without filling a 64-entry slice array first.
+        if self.chunks.len() == 1 {
+            let chunk = &self.chunks[0][self.prefix_used..];
+            let available_bytes = chunk.len();
+            let used = wr.write(chunk)?;
+            if used > available_bytes {
+                // As below: unrecoverable, consume everything.
+                self.consume(available_bytes);
+                return Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    std::format!("illegal write return value ({used} > {available_bytes})"),
+                ));
+            }
+            self.consume(used);
+            return Ok(used);
+        }
+
         let mut prefix = self.prefix_used;
         let mut bufs = [io::IoSlice::new(&[]); 64];
         for (iov, chunk) in bufs.iter_mut().zip(self.chunks.iter()) {

@@ -35,18 +35,18 @@ impl Connector {
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Result<(HttpSession, bool)> {
+    ) -> Result<(Box<HttpSession>, bool)> {
         let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let http = Box::new(HttpSession::new_with_options(stream, peer));
         Ok((http, reused))
     }
 
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Option<HttpSession> {
+    ) -> Option<Box<HttpSession>> {
         let stream = self.transport.reused_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let http = Box::new(HttpSession::new_with_options(stream, peer));
         Some(http)
     }
 
@@ -55,10 +55,10 @@ impl Connector {
     /// for [`Self::release_http_session`].
     pub fn try_release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
-    ) -> Option<HttpSession> {
+    ) -> Option<Box<HttpSession>> {
         session.respect_keepalive();
         match session.into_reusable_stream() {
             Ok(stream) => {
@@ -72,10 +72,11 @@ impl Connector {
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
+        let mut session = *session;
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
             self.transport

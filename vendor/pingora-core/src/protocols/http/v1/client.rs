@@ -827,7 +827,7 @@ impl HttpSession {
     ///
     /// Unlike `reuse`, this does not wait, so a caller releasing a
     /// keep-alive connection carries no room for a shutdown.
-    pub fn into_reusable_stream(mut self) -> std::result::Result<Stream, Self> {
+    pub fn into_reusable_stream(mut self: Box<Self>) -> std::result::Result<Stream, Box<Self>> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
