@@ -348,12 +348,11 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
-            .pipelined_prefix
-            .take()
-            .filter(|prefix| !prefix.is_empty())
-            // No room yet: `read_buf_lazy` allocates it when bytes arrive.
-            .unwrap_or_default();
+        //
+        // Switchyard: an empty prefix is the previous request's head buffer,
+        // emptied (`spare_head_buffer`): room to read into. Without one,
+        // `read_buf_lazy` allocates room when a read needs it.
+        let mut buf = self.pipelined_prefix.take().unwrap_or_default();
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
@@ -1578,11 +1577,34 @@ impl HttpSession {
             .pipelining_enabled
             .then(|| self.take_body_overread())
             .flatten()
-            .filter(|prefix| !prefix.is_empty());
+            .filter(|prefix| !prefix.is_empty())
+            .or_else(|| self.spare_head_buffer());
         Ok(Some(
             ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
                 .with_digest(self.digest),
         ))
+    }
+
+    /// Switchyard: the buffer this request's head was read into, emptied,
+    /// for the next request of the connection to read its head into
+    /// (handed on as an empty pipelined prefix): a kept-alive connection
+    /// then allocates and frees no head buffer per request. The head's
+    /// fields are slices of the buffer, so the head is dropped first; the
+    /// buffer is taken only when nothing else still holds a part of it
+    /// (a copy of a field kept by the application, a body chunk), and
+    /// only when it has at least the room a new one would
+    /// ([`INIT_HEADER_BUF_SIZE`]). A connection that then waits gives it
+    /// back as before ([`read_buf_lazy`]).
+    fn spare_head_buffer(&mut self) -> Option<BytesMut> {
+        self.request_header = None;
+        self.req_facts = None;
+        self.raw_header = None;
+        let mut buf = std::mem::take(&mut self.buf).try_into_mut().ok()?;
+        if buf.capacity() < INIT_HEADER_BUF_SIZE {
+            return None;
+        }
+        buf.clear();
+        Some(buf)
     }
 
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
@@ -1600,7 +1622,8 @@ impl HttpSession {
                     .pipelining_enabled
                     .then(|| self.take_body_overread())
                     .flatten()
-                    .filter(|prefix| !prefix.is_empty());
+                    .filter(|prefix| !prefix.is_empty())
+                    .or_else(|| self.spare_head_buffer());
                 Ok(Some(
                     ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
                         .with_digest(self.digest),
@@ -4481,6 +4504,51 @@ mod test_pipelining {
         let (_stream, prefix) = reused.into_parts();
         let prefix = prefix.expect("overread must be returned as pipelined prefix");
         assert_eq!(prefix.as_ref(), b"pipelined_next");
+    }
+
+    /// Switchyard: the next request of a kept-alive connection reads its head
+    /// into the previous head's buffer, emptied, when nothing else holds a
+    /// part of it; when something does (here, a copy of a field), the
+    /// buffer stays with it and the next request reads into a new one.
+    #[rstest]
+    #[case(false)]
+    #[case(true)]
+    #[tokio::test]
+    async fn reuse_hands_the_head_buffer_to_the_next_request(#[case] field_kept: bool) {
+        init_log();
+        let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\nX-Id: 1\r\n\r\n";
+        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\nX-Id: 2\r\n\r\n";
+        let mock_io = Builder::new().read(req1).read(req2).build();
+        let mut a = HttpSession::new(Box::new(mock_io));
+        a.read_request().await.unwrap().expect("first request");
+        let first_buf = a.get_headers_raw_bytes().as_ptr();
+        let kept = field_kept.then(|| a.get_header("x-id").cloned().expect("x-id"));
+        let reused = a.reuse().await.unwrap().expect("connection reusable");
+        let (stream, prefix) = reused.into_parts();
+        if field_kept {
+            assert!(prefix.is_none(), "a buffer still shared is not handed on");
+        } else {
+            let prefix = prefix.as_ref().expect("the emptied head buffer");
+            assert!(prefix.is_empty());
+            assert!(prefix.capacity() >= INIT_HEADER_BUF_SIZE);
+            assert_eq!(prefix.as_ptr(), first_buf);
+        }
+        let mut b = HttpSession::new(stream);
+        if let Some(prefix) = prefix {
+            b.set_pipelined_prefix(prefix);
+        }
+        b.read_request().await.unwrap().expect("second request");
+        assert_eq!(b.req_header().uri.path(), "/two");
+        assert_eq!(b.get_header("x-id").expect("x-id"), "2");
+        assert_eq!(b.get_headers_raw_bytes().as_ref(), req2);
+        assert_eq!(
+            b.get_headers_raw_bytes().as_ptr() == first_buf,
+            !field_kept,
+            "the second head is read into the first head's buffer only when it was handed on"
+        );
+        if let Some(kept) = kept {
+            assert_eq!(kept, "1", "a kept field is untouched by the next request");
+        }
     }
 
     /// A kept-alive connection's next session takes over the digest of the
