@@ -4510,11 +4510,18 @@ mod test_pipelining {
     /// into the previous head's buffer, emptied, when nothing else holds a
     /// part of it; when something does (here, a copy of a field), the
     /// buffer stays with it and the next request reads into a new one.
+    /// Both ways a session is reused: `reuse_now` (a finished request, as
+    /// the proxy reuses it) and `reuse`.
     #[rstest]
-    #[case(false)]
-    #[case(true)]
+    #[case(false, true)]
+    #[case(true, true)]
+    #[case(false, false)]
+    #[case(true, false)]
     #[tokio::test]
-    async fn reuse_hands_the_head_buffer_to_the_next_request(#[case] field_kept: bool) {
+    async fn reuse_hands_the_head_buffer_to_the_next_request(
+        #[case] field_kept: bool,
+        #[case] immediate: bool,
+    ) {
         init_log();
         let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\nX-Id: 1\r\n\r\n";
         let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\nX-Id: 2\r\n\r\n";
@@ -4523,7 +4530,14 @@ mod test_pipelining {
         a.read_request().await.unwrap().expect("first request");
         let first_buf = a.get_headers_raw_bytes().as_ptr();
         let kept = field_kept.then(|| a.get_header("x-id").cloned().expect("x-id"));
-        let reused = a.reuse().await.unwrap().expect("connection reusable");
+        let reused = if immediate {
+            assert_eq!(a.read_body_bytes().await.unwrap(), None, "no body");
+            assert!(a.reuse_is_immediate());
+            a.reuse_now()
+        } else {
+            a.reuse().await
+        };
+        let reused = reused.unwrap().expect("connection reusable");
         let (stream, prefix) = reused.into_parts();
         if field_kept {
             assert!(prefix.is_none(), "a buffer still shared is not handed on");
