@@ -26,6 +26,7 @@
 use crate::protocols::Stream;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -66,10 +67,36 @@ impl Idle {
     }
 }
 
+/// Hashes a reuse hash to itself: the key is already a hash of the peer
+/// (which comes from the configuration, not from a client), so hashing it
+/// again would only cost a hash per pool operation.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed (below); any other input is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// Idle connections by peer (reuse hash), oldest first.
-    by_peer: HashMap<u64, VecDeque<Idle>>,
+    /// Idle connections by peer (reuse hash), oldest first. A peer's queue
+    /// is kept when it empties, so that a connection taken and returned
+    /// for every request does not free and allocate a queue each time; the
+    /// sweeper removes empty queues.
+    by_peer: HashMap<u64, VecDeque<Idle>, BuildHasherDefault<KeyHasher>>,
     count: usize,
 }
 
@@ -95,11 +122,7 @@ impl IdlePool {
     /// server; the older ones age out.
     pub(crate) fn take(&self, key: u64) -> Option<Idle> {
         let mut state = self.state.lock();
-        let queue = state.by_peer.get_mut(&key)?;
-        let idle = queue.pop_back();
-        if queue.is_empty() {
-            state.by_peer.remove(&key);
-        }
+        let idle = state.by_peer.get_mut(&key)?.pop_back();
         if idle.is_some() {
             state.count -= 1;
         }
@@ -201,5 +224,63 @@ impl Drop for SweeperRunning {
         if let Some(pool) = self.0.upgrade() {
             pool.sweeping.store(false, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle() -> Idle {
+        Idle::new(Box::new(tokio_test::io::Builder::new().build()), None)
+    }
+
+    fn queues(pool: &IdlePool) -> usize {
+        pool.state.lock().by_peer.len()
+    }
+
+    #[test]
+    fn a_peers_queue_outlives_its_connections_until_the_sweep() {
+        let pool = IdlePool::new(8);
+        assert!(pool.put(7, idle()).is_none());
+        assert!(pool.put(9, idle()).is_none());
+        assert!(pool.take(7).is_some());
+        assert!(pool.take(7).is_none());
+        // Taken and empty, the queue is kept for the connection's return.
+        assert_eq!((pool.len(), queues(&pool)), (1, 2));
+        assert!(pool.put(7, idle()).is_none());
+        assert_eq!((pool.len(), queues(&pool)), (2, 2));
+        assert!(pool.take(7).is_some());
+        // The sweep drops empty queues and keeps the others.
+        assert!(pool.remove_unless(|_| true).is_empty());
+        assert_eq!((pool.len(), queues(&pool)), (1, 1));
+        assert!(pool.take(9).is_some());
+        assert!(pool.take(9).is_none());
+    }
+
+    #[test]
+    fn keys_hash_to_themselves() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<KeyHasher>::default();
+        for key in [0, 1, 0xdead_beef, u64::MAX] {
+            assert_eq!(build.hash_one(key), key);
+        }
+        // Any other input still spreads over the hash.
+        assert_ne!(build.hash_one([1u8, 2]), build.hash_one([2u8, 1]));
+    }
+
+    #[test]
+    fn the_oldest_connection_makes_room_across_peers() {
+        let pool = IdlePool::new(2);
+        assert!(pool.put(1, idle()).is_none());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(pool.put(2, idle()).is_none());
+        assert!(pool.take(1).is_some());
+        assert!(pool.put(2, idle()).is_none());
+        // Full: the oldest (peer 2's first) makes room; peer 1's empty
+        // queue is skipped.
+        let evicted = pool.put(3, idle()).expect("the pool is full");
+        assert!(evicted.since <= pool.state.lock().by_peer[&2][0].since);
+        assert_eq!(pool.len(), 2);
     }
 }
