@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora_core::modules::http::HttpModules;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -509,15 +509,17 @@ impl ProxyHttp for Proxy {
             ));
         };
         let pool_rt = &service.pools[pool as usize];
+        let backend_rt = &pool_rt.backends[backend as usize];
         // Built in its allocation rather than on the stack and copied
         // there (a peer is about 700 bytes).
         let mut peer = Box::write(
             Box::new_uninit(),
-            pool_rt.peer(
-                pool_rt.backends[backend as usize].addr,
-                service.connect_timeout,
-            ),
+            pool_rt.peer(backend_rt.addr, service.connect_timeout),
         );
+        // The same peer every time: its hash (for the connection pool) is
+        // computed once. Timeouts, set below, are not part of it.
+        let hash = *backend_rt.reuse_hash.get_or_init(|| peer.reuse_hash());
+        peer.set_reuse_hash(hash);
         let mut read_timeout = service.read_timeout;
         if let Some(total) = service.request_timeout {
             let left = total.saturating_sub(ctx.started.elapsed());

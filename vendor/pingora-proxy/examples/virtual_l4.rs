@@ -132,18 +132,13 @@ impl ProxyHttp for VirtualProxy {
         let mut options = PeerOptions::new();
         options.custom_l4 = Some(self.connector.clone());
 
-        Ok(Box::new(HttpPeer {
-            _address: L4SocketAddr::Inet(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
-                80,
-            )),
-            scheme: pingora_core::upstreams::peer::Scheme::HTTP,
-            sni: "example.org".to_string(),
-            proxy: None,
-            client_cert_key: None,
-            group_key: 0,
-            options,
-        }))
+        let mut peer = HttpPeer::new(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)), 80),
+            false,
+            "example.org".to_string(),
+        );
+        peer.options = options;
+        Ok(Box::new(peer))
     }
 }
 

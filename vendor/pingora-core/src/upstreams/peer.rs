@@ -691,6 +691,9 @@ pub struct HttpPeer {
     /// cannot share connections with each other.
     pub group_key: u64,
     pub options: PeerOptions,
+    /// Switchyard: the reuse hash, when the builder of the peer supplied it
+    /// (see [`HttpPeer::set_reuse_hash`]).
+    known_reuse_hash: Option<u64>,
 }
 
 impl HttpPeer {
@@ -711,6 +714,7 @@ impl HttpPeer {
             client_cert_key: None,
             group_key: 0,
             options: PeerOptions::new(),
+            known_reuse_hash: None,
         }
     }
 
@@ -753,6 +757,7 @@ impl HttpPeer {
             client_cert_key: None,
             group_key: 0,
             options: PeerOptions::new(),
+            known_reuse_hash: None,
         }
     }
 
@@ -771,6 +776,17 @@ impl HttpPeer {
         let mut hasher = AHasher::default();
         self.hash(&mut hasher);
         hasher.finish()
+    }
+
+    /// Switchyard: give the peer its reuse hash ([`Peer::reuse_hash`]),
+    /// computed before for a peer built the same way, so that a proxy
+    /// building the same peer for every request does not hash it again each
+    /// time. What the hash covers (address, scheme, SNI, proxy, client
+    /// certificate, verification, group key, HTTP/2 and TLS options) must
+    /// not be changed afterwards; timeouts may be. Checked in debug builds.
+    pub fn set_reuse_hash(&mut self, hash: u64) {
+        debug_assert_eq!(hash, self.peer_hash(), "reuse hash of another peer");
+        self.known_reuse_hash = Some(hash);
     }
 }
 
@@ -831,7 +847,13 @@ impl Peer for HttpPeer {
 
     // TODO: change connection pool to accept u64 instead of String
     fn reuse_hash(&self) -> u64 {
-        self.peer_hash()
+        match self.known_reuse_hash {
+            Some(hash) => {
+                debug_assert_eq!(hash, self.peer_hash(), "peer changed after set_reuse_hash");
+                hash
+            }
+            None => self.peer_hash(),
+        }
     }
 
     fn get_peer_options(&self) -> Option<&PeerOptions> {
@@ -899,6 +921,50 @@ impl Display for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_reuse_hash_is_the_one_computed_and_survives_timeouts() {
+        let build = || {
+            let mut peer = HttpPeer::new("127.0.0.1:8080", true, "backend.test".into());
+            peer.options.verify_cert = false;
+            peer
+        };
+        let computed = build().reuse_hash();
+        let mut peer = build();
+        peer.set_reuse_hash(computed);
+        peer.options.read_timeout = Some(std::time::Duration::from_secs(3));
+        peer.options.connection_timeout = Some(std::time::Duration::from_secs(1));
+        assert_eq!(peer.reuse_hash(), computed);
+        assert_eq!(peer.clone().reuse_hash(), computed);
+        // Another address, or the same one without TLS, is another peer.
+        assert_ne!(
+            HttpPeer::new("127.0.0.1:8081", true, "backend.test".into()).reuse_hash(),
+            computed
+        );
+        assert_ne!(
+            HttpPeer::new("127.0.0.1:8080", false, "backend.test".into()).reuse_hash(),
+            computed
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "reuse hash of another peer")]
+    fn another_peers_reuse_hash_is_refused_in_debug_builds() {
+        let other = HttpPeer::new("127.0.0.1:8081", false, String::new()).reuse_hash();
+        HttpPeer::new("127.0.0.1:8080", false, String::new()).set_reuse_hash(other);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "peer changed after set_reuse_hash")]
+    fn a_peer_changed_after_its_hash_was_given_is_caught_in_debug_builds() {
+        let mut peer = HttpPeer::new("127.0.0.1:8080", true, "a.test".into());
+        let hash = peer.reuse_hash();
+        peer.set_reuse_hash(hash);
+        peer.sni = "b.test".into();
+        peer.reuse_hash();
+    }
 
     #[test]
     fn default_http_upstream_request_policy_is_standards_oriented() {
