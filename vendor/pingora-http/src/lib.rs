@@ -785,6 +785,14 @@ impl ResponseHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// Switchyard: every header, its value open to change in place. Names and
+    /// their order cannot change this way, so the case map stays in step.
+    pub fn header_values_mut(
+        &mut self,
+    ) -> impl Iterator<Item = (&HeaderName, &mut HeaderValue)> + '_ {
+        self.base.headers.iter_mut()
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.

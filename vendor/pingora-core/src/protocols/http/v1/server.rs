@@ -949,17 +949,31 @@ impl HttpSession {
         }
 
         // no need to add these headers to 1xx responses
+        // Switchyard: `Connection` is written after the map's headers (where
+        // inserting it would have put it) rather than entered in the map,
+        // and a `Date` the response has is given the current date where it
+        // is: one pass over the names instead of two map insertions.
+        let mut write_connection = false;
         if !header.status.is_informational() && self.update_resp_headers {
-            /* update headers */
-            // Switchyard: names and values built once, not parsed and copied
-            // for every response.
-            header.insert_parsed_header(&header::DATE, "Date", date::get_cached_date())?;
-            let connection_value = if self.will_keepalive() {
-                HeaderValue::from_static("keep-alive")
-            } else {
-                HeaderValue::from_static("close")
-            };
-            header.insert_parsed_header(&header::CONNECTION, "Connection", connection_value)?;
+            let now = date::get_cached_date();
+            let mut dates = 0;
+            let mut has_connection = false;
+            for (name, value) in header.header_values_mut() {
+                if name == header::DATE {
+                    dates += 1;
+                    *value = now.clone();
+                } else if name == header::CONNECTION {
+                    has_connection = true;
+                }
+            }
+            if dates != 1 {
+                // None (added last), or several (made one).
+                header.insert_parsed_header(&header::DATE, "Date", now)?;
+            }
+            if has_connection {
+                header.remove_header(&header::CONNECTION);
+            }
+            write_connection = true;
         }
 
         if header.status == 101 {
@@ -1013,10 +1027,18 @@ impl HttpSession {
         if self.body_writer.is_close_delimited() {
             self.set_keepalive(None);
         }
+        // Switchyard: decided last, so that it says what the connection does.
+        let connection = write_connection.then(|| {
+            if self.will_keepalive() {
+                &b"Connection: keep-alive\r\n"[..]
+            } else {
+                &b"Connection: close\r\n"[..]
+            }
+        });
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(header, &mut write_buf)
+        http_resp_header_to_buf(header, connection, &mut write_buf)
             .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
         // Determine if we should flush
@@ -2033,8 +2055,11 @@ fn parse_req_buffer<'headers, 'buf>(
 }
 
 #[inline]
+/// Switchyard: `connection`, a whole `Connection` header line, is written
+/// after the map's headers.
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
+    connection: Option<&[u8]>,
     buf: &mut BytesMut,
 ) -> std::result::Result<(), ()> {
     // Status-Line
@@ -2059,6 +2084,9 @@ fn http_resp_header_to_buf(
     // headers
     // TODO: style: make sure Server and Date headers are the first two
     resp.header_to_h1_wire(buf);
+    if let Some(line) = connection {
+        buf.put_slice(line);
+    }
 
     buf.put_slice(CRLF);
     Ok(())
@@ -3744,7 +3772,7 @@ mod test_sync {
         let mut new_response = ResponseHeader::build(StatusCode::OK, None).unwrap();
         new_response.append_header("Foo", "Bar").unwrap();
         let mut wire = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(&new_response, &mut wire).unwrap();
+        http_resp_header_to_buf(&new_response, None, &mut wire).unwrap();
         debug!("{}", str::from_utf8(wire.as_ref()).unwrap());
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut headers);
@@ -5079,5 +5107,121 @@ mod test_pipelining {
         }
 
         assert!(prefix.is_empty());
+    }
+}
+
+/// Switchyard: the `Date` and `Connection` headers a response is given.
+#[cfg(test)]
+mod tests_response_head {
+    use super::*;
+    use tokio_test::io::Builder;
+
+    /// The head written for `resp` in answer to `request`, and whether the
+    /// connection is kept alive after it.
+    async fn head(request: &[u8], resp: &mut ResponseHeader) -> (String, bool) {
+        let mock_io = Builder::new().read(request).build();
+        let mut session = HttpSession::new(Box::new(mock_io));
+        session.read_request().await.unwrap();
+        let (wire, _) = session.prepare_response_header(resp).unwrap().unwrap();
+        (
+            String::from_utf8(wire.to_vec()).unwrap(),
+            session.will_keepalive(),
+        )
+    }
+
+    fn lines(head: &str) -> Vec<&str> {
+        head.split("\r\n").filter(|l| !l.is_empty()).collect()
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_responses_date_is_made_current_where_it_is_and_connection_comes_last() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("Server", "up").unwrap();
+        resp.append_header("Date", "Thu, 01 Jan 1970 00:00:00 GMT")
+            .unwrap();
+        resp.append_header("Connection", "close").unwrap();
+        resp.append_header("Content-Length", "0").unwrap();
+        let (head, keepalive) = head(GET, &mut resp).await;
+        let lines = lines(&head);
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(lines[1], "Server: up");
+        let date = lines[2]
+            .strip_prefix("Date: ")
+            .expect("the date where it was");
+        assert_ne!(date, "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+        assert_eq!(lines[3], "Content-Length: 0");
+        // What the connection does, once, after the map's headers.
+        assert_eq!(lines[4], "Connection: keep-alive");
+        assert_eq!(lines.len(), 5, "{head}");
+        assert!(keepalive);
+        // The response kept for the log holds the current date and no
+        // `Connection` of the backend's.
+        assert_eq!(
+            resp.headers.get("date").unwrap().as_bytes(),
+            date.as_bytes()
+        );
+        assert!(resp.headers.get("connection").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_date_or_with_several_gets_one() {
+        for dates in [0, 2] {
+            let mut resp = ResponseHeader::build(204, None).unwrap();
+            for _ in 0..dates {
+                resp.append_header("date", "Thu, 01 Jan 1970 00:00:00 GMT")
+                    .unwrap();
+            }
+            resp.append_header("x-up", "1").unwrap();
+            let (head, _) = head(GET, &mut resp).await;
+            let lines = lines(&head);
+            let found: Vec<_> = lines.iter().filter(|l| l.starts_with("Date: ")).collect();
+            assert_eq!(found.len(), 1, "{dates} dates: {head}");
+            assert!(!found[0].contains("1970"), "{head}");
+            assert_eq!(lines.last(), Some(&"Connection: keep-alive"), "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_delimited_response_says_the_connection_closes() {
+        // No length and not chunked: the body ends when the connection does.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("Content-Type", "text/plain").unwrap();
+        let (head, keepalive) = head(GET, &mut resp).await;
+        assert!(!keepalive);
+        assert_eq!(lines(&head).last(), Some(&"Connection: close"), "{head}");
+        assert_eq!(head.matches("Connection").count(), 1, "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_is_told_so() {
+        let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
+        resp.append_header("Content-Length", "0").unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        let (head, keepalive) = head(request, &mut resp).await;
+        assert!(!keepalive);
+        assert_eq!(lines(&head).last(), Some(&"Connection: close"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn informational_and_unmanaged_heads_are_left_alone() {
+        let mut resp = ResponseHeader::build(100, None).unwrap();
+        let (head, _) = head(GET, &mut resp).await;
+        assert_eq!(head, "HTTP/1.1 100 Continue\r\n\r\n");
+
+        let mock_io = Builder::new().read(GET).build();
+        let mut session = HttpSession::new(Box::new(mock_io));
+        session.read_request().await.unwrap();
+        session.update_resp_headers = false;
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("Content-Length", "0").unwrap();
+        resp.append_header("Connection", "close").unwrap();
+        let (wire, _) = session.prepare_response_header(&mut resp).unwrap().unwrap();
+        assert_eq!(
+            &wire[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
     }
 }
