@@ -1113,14 +1113,15 @@ where
                 // these status codes / method cannot have body, so no need to add chunked encoding
                 let no_body = session.req_header().method == http::method::Method::HEAD
                     || matches!(header.status.as_u16(), 204 | 304);
+                // Switchyard: one pass over the names finds either framing
+                // header (two lookups hash both names into the map).
                 if !no_body
-                    && !header.status.is_informational()
-                    && header
-                        .headers
-                        .get(http::header::TRANSFER_ENCODING)
-                        .is_none()
-                    && header.headers.get(http::header::CONTENT_LENGTH).is_none()
                     && !end
+                    && !header.status.is_informational()
+                    && !header.headers.keys().any(|name| {
+                        name == http::header::TRANSFER_ENCODING
+                            || name == http::header::CONTENT_LENGTH
+                    })
                 {
                     // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked
                     header.set_version(Version::HTTP_11);

@@ -949,7 +949,14 @@ impl HttpSession {
     }
 
     fn init_body_writer_comm(&mut self, headers: &HMap) {
-        if is_chunked_encoding_from_headers(headers) {
+        // Switchyard: a request with neither framing header (most) is framed
+        // without looking either up.
+        let (transfer_encoding, content_length) = framing_names(headers);
+        if !content_length && !transfer_encoding {
+            self.body_writer.init_content_length(0);
+            return;
+        }
+        if transfer_encoding && is_chunked_encoding_from_headers(headers) {
             // transfer-encoding takes priority over content-length
             self.body_writer.init_chunked();
             return;

@@ -122,8 +122,30 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+/// Switchyard: whether a message has `Transfer-Encoding` and whether it has
+/// `Content-Length`, from one pass over its names (cheaper, for the few
+/// names a message has, than looking both up: each lookup hashes its name).
+/// The framing functions are then called only for a header that is there.
+pub(crate) fn framing_names(headers: &HMap) -> (bool, bool) {
+    let (mut transfer_encoding, mut content_length) = (false, false);
+    for name in headers.keys() {
+        if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            content_length = true;
+        }
+    }
+    (transfer_encoding, content_length)
+}
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
-    if is_chunked_encoding_from_headers(headers) {
+    let (transfer_encoding, content_length) = framing_names(headers);
+    if !content_length && !transfer_encoding {
+        // For responses, an absent Content-Length is close-delimited.
+        body_writer.init_close_delimited();
+        return;
+    }
+    if transfer_encoding && is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
         return;
@@ -136,11 +158,10 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
     // risk misframing the body.
     match content_length_for_framing(headers) {
         Ok(Some(length)) => body_writer.init_content_length(length),
-        Ok(None) => {
-            /* TODO: 1. connection: keepalive cannot be used,
-            2. mark connection must be closed */
-            body_writer.init_close_delimited()
-        }
+        // Switchyard: the connection is then closed after the response,
+        // and its head says so (see the server session's
+        // `prepare_response_header`).
+        Ok(None) => body_writer.init_close_delimited(),
         Err(e) => {
             // Headers are validated on read, so this is not expected here; log
             // the fallback to a close-delimited body rather than failing
@@ -524,7 +545,56 @@ mod test {
         header::{CONTENT_LENGTH, TRANSFER_ENCODING},
         StatusCode, Version,
     };
+    use crate::protocols::http::v1::body::BodyMode;
     use rstest::rstest;
+
+    /// Switchyard: the names pass finds the framing headers among others,
+    /// and a response is framed as the two lookups frame it.
+    #[test]
+    fn framing_names_frame_as_the_lookups_do() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("host", "a"), ("x-a", "1")],
+            &[("content-length", "5")],
+            &[("host", "a"), ("content-length", "5"), ("x-a", "1")],
+            &[("content-length", "5"), ("content-length", "5")],
+            &[("content-length", "5, 5")],
+            &[("content-length", "x")],
+            &[("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "gzip")],
+            &[("transfer-encoding", "gzip, chunked"), ("x-a", "1")],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            &[("content-length", "5"), ("transfer-encoding", "gzip")],
+        ];
+        for fields in heads {
+            let mut headers = HMap::new();
+            for (name, value) in *fields {
+                headers.append(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_static(value),
+                );
+            }
+            assert_eq!(
+                framing_names(&headers),
+                (
+                    headers.contains_key(TRANSFER_ENCODING),
+                    headers.contains_key(CONTENT_LENGTH)
+                ),
+                "{fields:?}"
+            );
+            let mut writer = BodyWriter::new();
+            init_body_writer_comm(&mut writer, &headers);
+            let expected = if is_chunked_encoding_from_headers(&headers) {
+                BodyMode::ChunkedEncoding(0)
+            } else {
+                match content_length_for_framing(&headers) {
+                    Ok(Some(length)) => BodyMode::ContentLength(length, 0),
+                    _ => BodyMode::UntilClose(0),
+                }
+            };
+            assert_eq!(writer.body_mode, expected, "{fields:?}");
+        }
+    }
 
     /// Switchyard: what a scan of a head's fields says is what the header
     /// map says, for every head the scan answers for; the others are left to

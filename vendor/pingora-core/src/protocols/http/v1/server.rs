@@ -33,7 +33,7 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{BodyReader, BodyWriter};
+use super::body::{BodyMode, BodyReader, BodyWriter};
 use super::common::*;
 use super::header::HeaderWriter;
 use crate::protocols::http::{
@@ -1046,8 +1046,12 @@ impl HttpSession {
         // likely to be real time communication. So do flush when
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
+        // Switchyard: the body writer, set up above, says whether the length
+        // is known (a `Content-Length` without chunked coding), without
+        // looking the header up again. A bodiless response (HEAD, 204, 304)
+        // finishes at once and is flushed by the caller.
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !matches!(self.body_writer.body_mode, BodyMode::ContentLength(..));
 
         Ok(Some((write_buf, should_flush)))
     }
@@ -2095,7 +2099,7 @@ fn http_resp_header_to_buf(
 #[cfg(test)]
 mod tests_stream {
     use super::*;
-    use crate::protocols::http::v1::body::{BodyMode, ParseState};
+    use crate::protocols::http::v1::body::ParseState;
     use http::StatusCode;
     use pingora_error::ErrorType;
     use rstest::rstest;
