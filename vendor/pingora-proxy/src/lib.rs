@@ -1609,7 +1609,7 @@ where
     // bytes each), for every connection waiting for its next request.
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         shutdown: &'life1 ShutdownWatch,
     ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
     where
@@ -1617,10 +1617,8 @@ where
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        // Extract user context from the previous request before the session is moved into the Box
+        // Extract user context from the previous request
         let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
 
         Box::pin(async move {
             // TODO: keepalive pool, use stack
@@ -1722,7 +1720,7 @@ use pingora_core::services::listening::{RuntimeOptsOverride, Service};
 ///     // Peek SNI, decide routing...
 ///     if should_terminate_tls {
 ///         let tls_stream = my_acceptor.accept(stream).await?;
-///         let session = HttpSession::new_http1(Box::new(tls_stream));
+///         let session = Box::new(HttpSession::new_http1(Box::new(tls_stream)));
 ///         proxy.process_new_http(session, &shutdown).await;
 ///     }
 /// }

@@ -49,7 +49,7 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut http: ServerSession,
+        mut http: Box<ServerSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         match http.read_request().await {
@@ -98,7 +98,7 @@ where
             }
         }
         let persistent_settings = HttpPersistentSettings::for_session(&http);
-        match http.finish().await {
+        match http.finish_boxed().await {
             Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings)),
             Err(e) => {
                 error!("HTTP server fails to finish the request: {e}");
@@ -140,7 +140,7 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut http: ServerSession,
+        mut http: Box<ServerSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         match http.read_request().await {
@@ -206,7 +206,7 @@ where
             ),
         }
         let persistent_settings = HttpPersistentSettings::for_session(&http);
-        match http.finish().await {
+        match http.finish_boxed().await {
             Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings)),
             Err(e) => {
                 error!("HTTP server fails to finish the request: {e}");

@@ -221,8 +221,14 @@ impl ReusedHttpStream {
 
 /// Switchyard: the first HTTP/1 session of a connection: keep-alive on
 /// (60 s) unless the service is shutting down.
-fn first_h1_session(stream: Stream, shutting_down: bool, reuses: Option<u32>) -> ServerSession {
-    let mut session = ServerSession::new_http1(stream);
+/// Built in its allocation: the session (about 700 bytes) is not copied
+/// there from the stack.
+fn first_h1_session(
+    stream: Stream,
+    shutting_down: bool,
+    reuses: Option<u32>,
+) -> Box<ServerSession> {
+    let mut session = Box::write(Box::new_uninit(), ServerSession::new_http1(stream));
     if shutting_down {
         // stop downstream from reusing if this service is shutting down soon
         session.set_keepalive(None);
@@ -236,10 +242,10 @@ fn first_h1_session(stream: Stream, shutting_down: bool, reuses: Option<u32>) ->
 
 /// Switchyard: the next HTTP/1 session of a kept-alive connection, with the
 /// settings the previous one handed on.
-fn next_h1_session(reused: ReusedHttpStream) -> ServerSession {
+fn next_h1_session(reused: ReusedHttpStream) -> Box<ServerSession> {
     let digest = reused.digest;
     let (stream, persistent_settings) = (reused.stream, reused.persistent_settings);
-    let mut session = ServerSession::next_http1(stream, digest);
+    let mut session = Box::write(Box::new_uninit(), ServerSession::next_http1(stream, digest));
     if let Some(persistent_settings) = persistent_settings {
         persistent_settings.apply_to_session(&mut session);
     }
@@ -256,9 +262,12 @@ pub trait HttpServerApp {
     /// The caller needs to make sure that the connection is in a reusable state
     /// i.e., no error or incomplete read or write headers or bodies. Otherwise
     /// a `None` should be returned.
+    ///
+    /// Switchyard: the session comes boxed (it is about 700 bytes; the box is
+    /// built where the session is).
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        mut session: Box<ServerSession>,
         // TODO: make this ShutdownWatch so that all task can await on this event
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
@@ -378,8 +387,11 @@ where
                             // loop's idle timeout sees this connection as busy.
                             let _guard = guard;
                             // Note, `PersistentSettings` not currently relevant for h2
-                            app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                                .await;
+                            app.process_new_http(
+                                Box::new(ServerSession::new_http2(h2_stream)),
+                                &shutdown,
+                            )
+                            .await;
                         });
                     },
                 )
