@@ -33,6 +33,97 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_AUTHORIZATION,
 ];
 
+/// The names [`hop_by_hop_names_and`] looks for besides its callers' own:
+/// [`HOP_BY_HOP`] and `Upgrade`.
+const LISTED: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+];
+
+/// A set of name signatures (256 bits): a name whose signature is not in
+/// the set is none of the names the set was made of; one whose signature is
+/// in it is compared with them. Most names a message has (`Host`, `Date`,
+/// `Content-Type`, ...) are ruled out by one bit test instead of a
+/// comparison with every listed name.
+#[derive(Clone, Copy)]
+struct NameFilter([u64; 4]);
+
+impl NameFilter {
+    /// Length, first, middle and last byte of a (lower-case, non-empty)
+    /// name, mixed so that no common header shares a listed name's
+    /// signature (see the tests).
+    const fn signature(name: &[u8]) -> u8 {
+        let len = name.len();
+        (len as u8) ^ name[0].wrapping_mul(19) ^ name[len / 2] ^ name[len - 1]
+    }
+
+    const fn of(names: &[&str]) -> Self {
+        let mut bits = [0u64; 4];
+        let mut i = 0;
+        while i < names.len() {
+            let sig = Self::signature(names[i].as_bytes());
+            bits[(sig >> 6) as usize] |= 1 << (sig & 63);
+            i += 1;
+        }
+        NameFilter(bits)
+    }
+
+    fn with(mut self, name: &HeaderName) -> Self {
+        let sig = Self::signature(name.as_str().as_bytes());
+        self.0[usize::from(sig >> 6)] |= 1 << (sig & 63);
+        self
+    }
+
+    fn may_hold(&self, name: &HeaderName) -> bool {
+        let sig = Self::signature(name.as_str().as_bytes());
+        self.0[usize::from(sig >> 6)] & (1 << (sig & 63)) != 0
+    }
+}
+
+/// [`LISTED`]'s signatures.
+static LISTED_FILTER: NameFilter = NameFilter::of(&LISTED);
+
+/// The names a request forwarded upstream loses besides the hop-by-hop set,
+/// in the order that lets each case pass a prefix as the `also` of
+/// [`hop_by_hop_names_and`] (see `Proxy::upstream_request_filter`).
+pub static FORWARDING_NAMES: [&HeaderName; 8] = [
+    &TRANSFER_ENCODING,
+    &HTTP2_SETTINGS,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REQUEST_ID,
+    &X_FORWARDED_FOR,
+    &http::header::FORWARDED,
+    &X_REAL_IP,
+];
+
+/// [`LISTED`] and [`FORWARDING_NAMES`] together: the signatures of every
+/// name a prefix of [`FORWARDING_NAMES`] adds, made once.
+static FORWARDING_FILTER: NameFilter = NameFilter::of(&[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+    "transfer-encoding",
+    "http2-settings",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+]);
+
 /// Headers a `Connection` token may never remove: they frame the message or
 /// route it, and dropping them would desynchronise or misroute the upstream;
 /// and the chain of addresses a trusted balancer extends.
@@ -68,7 +159,18 @@ pub fn hop_by_hop_names_and(
 ) -> HeaderNames {
     let mut names = HeaderNames::new();
     let mut connection = false;
+    let filter = if also.is_empty() {
+        LISTED_FILTER
+    } else if std::ptr::eq(also.as_ptr(), FORWARDING_NAMES.as_ptr()) {
+        // A prefix of the forwarding names: made once.
+        FORWARDING_FILTER
+    } else {
+        also.iter().fold(LISTED_FILTER, |f, name| f.with(name))
+    };
     for name in headers.keys() {
+        if !filter.may_hold(name) {
+            continue;
+        }
         if *name == CONNECTION {
             connection = true;
         }
@@ -242,6 +344,79 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn the_name_filter_holds_every_listed_name_and_rules_out_common_ones() {
+        // The list is the hop-by-hop set and `Upgrade`.
+        let mut listed: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        listed.push(UPGRADE.as_str());
+        listed.sort_unstable();
+        let mut own = LISTED.to_vec();
+        own.sort_unstable();
+        assert_eq!(listed, own);
+        // What the proxy passes: the filter made once holds them, as one
+        // made for them would.
+        let also = FORWARDING_NAMES;
+        let filter = FORWARDING_FILTER;
+        for name in HOP_BY_HOP.iter().chain([&UPGRADE]).chain(also) {
+            assert!(filter.may_hold(name), "{name}");
+            assert!(LISTED_FILTER.with(name).may_hold(name), "{name}");
+        }
+        assert_eq!(
+            filter.0,
+            also.iter().fold(LISTED_FILTER, |f, name| f.with(name)).0
+        );
+        // The names most messages carry cost one bit test.
+        for common in [
+            "host",
+            "date",
+            "server",
+            "content-type",
+            "content-length",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "cache-control",
+            "cookie",
+            "set-cookie",
+            "etag",
+            "last-modified",
+            "vary",
+            "location",
+            "referer",
+            "origin",
+            "authorization",
+            "content-encoding",
+            "expires",
+            "age",
+            "if-none-match",
+            "if-modified-since",
+            "strict-transport-security",
+            "access-control-allow-origin",
+            "sec-fetch-mode",
+            "accept-ranges",
+            "via",
+            "priority",
+        ] {
+            let name = HeaderName::from_static(common);
+            assert!(!filter.may_hold(&name), "{common}");
+        }
+    }
+
+    #[test]
+    fn names_sharing_a_listed_signature_are_still_compared() {
+        // Same length, first, middle and last byte as `trailer`: let through
+        // by the filter, and kept because it is not hop-by-hop.
+        let lookalike = "txxixxr";
+        assert_eq!(
+            NameFilter::signature(lookalike.as_bytes()),
+            NameFilter::signature(b"trailer")
+        );
+        let headers = map(&[("txxixxr", "1"), ("trailer", "x"), ("host", "a")]);
+        let names = hop_by_hop_names(&headers, false);
+        assert_eq!(names.as_slice(), &[TRAILER]);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -634,18 +634,8 @@ impl ProxyHttp for Proxy {
         // the headers added below go, as those are written after the map's
         // headers rather than inserted in it. The pass finds those headers
         // if the request has them.
-        use http::header::{FORWARDED, TRANSFER_ENCODING};
         // Every case's names are a prefix of these.
-        static ALSO: [&HeaderName; 8] = [
-            &TRANSFER_ENCODING,
-            &crate::headers::HTTP2_SETTINGS,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_REQUEST_ID,
-            &X_FORWARDED_FOR,
-            &FORWARDED,
-            &crate::headers::X_REAL_IP,
-        ];
+        use crate::headers::FORWARDING_NAMES as ALSO;
         // A trusted balancer's chain is read before its header goes.
         let xff = peer.map(|peer| {
             if trusted {
