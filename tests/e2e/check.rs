@@ -82,14 +82,6 @@ fn missing_file_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_both_pools() {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .args(["demo", "--listen", &addr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -97,12 +89,56 @@ async fn demo_serves_both_pools() {
             let _ = self.0.wait();
         }
     }
-    let _guard = Kill(child);
-    crate::harness::eventually(Duration::from_secs(30), "the demo to listen", || {
-        let addr = addr.clone();
-        async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
-    })
-    .await;
+    // A port handed out here can be taken by another test's connection
+    // before the demo binds it; the demo then exits, and is started again
+    // on another port (three tries).
+    let mut started = None;
+    let mut exits = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        // Its log goes to a file (a pipe nobody reads could fill and stop
+        // it), read if it exits.
+        let log =
+            std::env::temp_dir().join(format!("switchyard-demo-{}-{port}.log", std::process::id()));
+        let child = Command::new(BIN)
+            .args(["demo", "--listen", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("demo log file"))
+            .spawn()
+            .expect("start demo");
+        let mut guard = Kill(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let exited = loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break None;
+            }
+            if let Ok(Some(status)) = guard.0.try_wait() {
+                break Some(status);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after 30s waiting for the demo to listen on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match exited {
+            None => {
+                let _ = std::fs::remove_file(&log);
+                started = Some((addr, guard));
+                break;
+            }
+            Some(status) => {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                exits.push(format!("{addr}: {status}: {stderr}"));
+            }
+        }
+        let _ = std::fs::remove_file(&log);
+    }
+    let Some((addr, _guard)) = started else {
+        panic!("the demo never listened: {exits:#?}");
+    };
     let (bodies, failures) = tally(&Client::new(), &format!("http://{addr}/"), 400, 4).await;
     assert!(failures.is_empty(), "{failures:?}");
     let blue = bodies.get("blue").copied().unwrap_or(0);
