@@ -74,6 +74,11 @@ impl NameFilter {
         NameFilter(bits)
     }
 
+    const fn union(self, other: NameFilter) -> Self {
+        let (a, b) = (self.0, other.0);
+        NameFilter([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+    }
+
     fn with(mut self, name: &HeaderName) -> Self {
         let sig = Self::signature(name.as_str().as_bytes());
         self.0[usize::from(sig >> 6)] |= 1 << (sig & 63);
@@ -105,15 +110,7 @@ pub static FORWARDING_NAMES: [&HeaderName; 8] = [
 
 /// [`LISTED`] and [`FORWARDING_NAMES`] together: the signatures of every
 /// name a prefix of [`FORWARDING_NAMES`] adds, made once.
-static FORWARDING_FILTER: NameFilter = NameFilter::of(&[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "upgrade",
+static FORWARDING_FILTER: NameFilter = LISTED_FILTER.union(NameFilter::of(&[
     "transfer-encoding",
     "http2-settings",
     "x-forwarded-proto",
@@ -122,7 +119,7 @@ static FORWARDING_FILTER: NameFilter = NameFilter::of(&[
     "x-forwarded-for",
     "forwarded",
     "x-real-ip",
-]);
+]));
 
 /// Headers a `Connection` token may never remove: they frame the message or
 /// route it, and dropping them would desynchronise or misroute the upstream;
