@@ -496,6 +496,9 @@ impl Reloader {
         if self.early_hup.swap(false, Ordering::AcqRel) {
             self.reload("SIGHUP");
         }
+        // A config refused just now for files it names that are not there
+        // yet is kept pending: watch for those files as well.
+        self.watch_new_dirs(&mut watcher, &mut watching, &names);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,

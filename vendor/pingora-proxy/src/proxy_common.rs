@@ -13,7 +13,9 @@
 // limitations under the License.
 
 use http::header::{self, HeaderName};
-use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_core::protocols::http::authority::{
+    raw_target_authority, validate_request_authority, RawTargetAuthority,
+};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -317,6 +319,60 @@ pub(crate) fn reconcile_upstream_authority(req: &mut RequestHeader) -> Result<()
     }
 }
 
+/// After the request filters (standard authority policy): reconcile `Host`
+/// with the target's authority, restore a `Host` a filter deleted, and
+/// validate the request's authority. `downstream_had_host` says whether the
+/// downstream request carried a `Host`; it is asked only when the request
+/// has none left.
+///
+/// Switchyard: an origin-form target (`/path`, the usual request) of a
+/// request other than CONNECT, with no authority in its URI, has nothing to
+/// reconcile, and the three steps come down to its `Host` fields, looked up
+/// once instead of three times; same outcome and errors as the three steps
+/// in turn ([`settle_upstream_authority_in_steps`]).
+pub(crate) fn settle_upstream_authority(
+    req: &mut RequestHeader,
+    downstream_had_host: impl FnOnce() -> bool,
+) -> Result<()> {
+    if req.method == http::Method::CONNECT
+        || req.uri.authority().is_some()
+        || req.raw_path().first() != Some(&b'/')
+    {
+        return settle_upstream_authority_in_steps(req, downstream_had_host);
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => {
+            if downstream_had_host() {
+                req.insert_header(header::HOST, "")
+            } else {
+                Ok(())
+            }
+        }
+        (Some(host), _) if host.as_bytes().contains(&b'@') => {
+            Error::e_explain(InvalidHTTPHeader, "userinfo in Host header")
+        }
+        (Some(_), Some(_)) => Error::e_explain(InvalidHTTPHeader, "multiple Host header fields"),
+        (Some(_), None) => Ok(()),
+    }
+}
+
+/// [`settle_upstream_authority`] for any request, step by step.
+pub(crate) fn settle_upstream_authority_in_steps(
+    req: &mut RequestHeader,
+    downstream_had_host: impl FnOnce() -> bool,
+) -> Result<()> {
+    reconcile_upstream_authority(req)?;
+    // A filter may delete Host. Restore it for requests that originally carried one or
+    // whose URI or absolute-form target has an authority, without adding a new empty Host
+    // to Host-less HTTP/1.0 origin-form.
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if req.uri.authority().is_some() || target_has_authority || downstream_had_host() {
+        set_h1_host_from_authority(req)?;
+    }
+    validate_request_authority(req)
+}
+
 fn parse_host_authority(host: &http::HeaderValue) -> Result<http::uri::Authority> {
     http::uri::Authority::try_from(host.as_bytes()).map_err(|cause| {
         Error::because(
@@ -605,6 +661,66 @@ mod tests {
             .unwrap();
         set_h1_host_from_authority_if_absent(&mut custom).unwrap();
         assert_eq!(custom.headers[header::HOST], "custom.example");
+    }
+
+    #[test]
+    fn origin_form_authority_settles_as_the_steps_do() {
+        let hosts: [&[&str]; 6] = [
+            &[],
+            &["host.example"],
+            &["user@host.example"],
+            &["host.example", "other.example"],
+            &["user@host.example", "other.example"],
+            &["host.example", "user@other.example"],
+        ];
+        let targets = [
+            "/",
+            "/path?q=1",
+            "//double/slash",
+            "*",
+            "https://authority.example/p",
+        ];
+        let methods = ["GET", "POST", "CONNECT"];
+        let mut fast = 0;
+        for method in methods {
+            for target in targets {
+                for host in hosts {
+                    for had_host in [false, true] {
+                        let mut request =
+                            RequestHeader::build(method, target.as_bytes(), None).unwrap();
+                        for value in host {
+                            request.append_header(header::HOST, *value).unwrap();
+                        }
+                        let mut steps = request.clone();
+                        let settled = settle_upstream_authority(&mut request, || had_host);
+                        let stepped = settle_upstream_authority_in_steps(&mut steps, || had_host);
+                        let case = format!("{method} {target} {host:?} had {had_host}");
+                        match (settled, stepped) {
+                            (Ok(()), Ok(())) => {}
+                            (Err(a), Err(b)) => {
+                                assert_eq!(a.etype(), b.etype(), "{case}");
+                                assert_eq!(a.context, b.context, "{case}");
+                            }
+                            (a, b) => panic!("{case}: {a:?} against {b:?}"),
+                        }
+                        let values = |r: &RequestHeader| -> Vec<Vec<u8>> {
+                            r.headers
+                                .get_all(header::HOST)
+                                .iter()
+                                .map(|v| v.as_bytes().to_vec())
+                                .collect()
+                        };
+                        assert_eq!(values(&request), values(&steps), "{case}");
+                        assert_eq!(request.uri, steps.uri, "{case}");
+                        assert_eq!(request.raw_path(), steps.raw_path(), "{case}");
+                        if method != "CONNECT" && target.starts_with('/') {
+                            fast += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(fast > 0);
     }
 
     #[test]

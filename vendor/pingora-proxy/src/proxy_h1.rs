@@ -20,9 +20,7 @@ use crate::proxy_cache::{range_filter::RangeBodyFilter, ServeFromCache};
 use crate::proxy_common::*;
 use pingora_cache::CachePhase;
 use pingora_core::protocols::http::{
-    authority::{raw_target_authority, validate_request_authority},
-    custom::CUSTOM_MESSAGE_QUEUE_SIZE,
-    v1::common::is_upgrade_req as is_h1_upgrade_req,
+    custom::CUSTOM_MESSAGE_QUEUE_SIZE, v1::common::is_upgrade_req as is_h1_upgrade_req,
 };
 
 impl<SV, C> HttpProxy<SV, C>
@@ -47,7 +45,6 @@ where
 
         let mut req = session.req_header().clone();
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
-        let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
 
         // H2 requires :authority but not Host; most H1 servers expect Host, so synthesize it when
@@ -91,20 +88,16 @@ where
 
         // Reconcile and revalidate after request filters, which can mutate Host, URI, or target.
         if authority_policy.is_standard() {
-            if let Err(e) = reconcile_upstream_authority(&mut req) {
-                return (false, true, Some(e.into_in()));
-            }
-            // A filter may delete Host. Restore it for requests that originally carried one or
-            // whose URI or absolute-form target has an authority, without adding a new empty Host
-            // to Host-less HTTP/1.0 origin-form.
-            let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
-            if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
-                if let Err(e) = set_h1_host_from_authority(&mut req) {
-                    return (false, true, Some(e.into_in()));
-                }
-            }
-            if let Err(e) = validate_request_authority(&req) {
-                // The final filter-produced request is invalid, so classify this as internal.
+            // Switchyard: whether the downstream request had a `Host` is asked
+            // only when the filters left the request without one.
+            let downstream_had_host = || {
+                session
+                    .req_header()
+                    .headers
+                    .contains_key(http::header::HOST)
+            };
+            // The final filter-produced request is invalid, so classify this as internal.
+            if let Err(e) = settle_upstream_authority(&mut req, downstream_had_host) {
                 return (false, true, Some(e.into_in()));
             }
         }

@@ -281,12 +281,14 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        // Switchyard: reads of an idle connection (the checks below) are
-        // not timed.
+        // Switchyard: reads of an idle connection (the checks when it is
+        // taken and swept) are not timed.
         stream.begin_read(None);
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
+        // Switchyard: not read here to see whether it was closed. A response
+        // read whole, with no bytes after it, was just read from it; whether
+        // the server closed it since is read when it is taken (and by the
+        // sweeper), which skips it for the next one. Reading here as well
+        // cost a read per request.
         if let Some(evicted) = self.idle.put(key, Idle::new(stream, idle_timeout)) {
             self.closed_idle(&evicted);
         }
@@ -642,6 +644,44 @@ mod tests {
 
         let (_, reused) = connector.get_stream(&peer).await.unwrap();
         assert!(reused);
+    }
+
+    /// A connection the server closes after it went back to the pool is
+    /// not handed out: taking it reads that it was closed and goes on to the
+    /// next one, which the server kept open.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_skipped_when_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+
+        let kept_client = connector.new_stream(&peer).await.unwrap();
+        let (kept_server, _) = listener.accept().await.unwrap();
+        let closed_client = connector.new_stream(&peer).await.unwrap();
+        let (closed_server, _) = listener.accept().await.unwrap();
+        let kept_port = kept_client
+            .get_socket_digest()
+            .unwrap()
+            .local_addr()
+            .cloned();
+
+        connector.release_stream(kept_client, peer.reuse_hash(), None);
+        // Returned last, taken first.
+        connector.release_stream(closed_client, peer.reuse_hash(), None);
+        drop(closed_server);
+        // Let the runtime see the close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let taken = connector
+            .reused_stream(&peer)
+            .await
+            .expect("the kept connection");
+        assert_eq!(
+            taken.get_socket_digest().unwrap().local_addr().cloned(),
+            kept_port
+        );
+        assert!(connector.reused_stream(&peer).await.is_none());
+        drop(kept_server);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -77,6 +77,10 @@ pub struct HttpSession {
     /// after the head itself is handed to the caller (no copy of its maps).
     resp_head: Option<RespHead>,
     request_written: Option<Box<RequestHeader>>,
+    // Switchyard: which of `Connection` and `Upgrade` the request written
+    // has, noted by the framing pass when it was written, so the keep-alive
+    // and upgrade decisions look them up only when they are there.
+    request_names: NamesPresent,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
     body_recv: usize,
@@ -115,6 +119,7 @@ impl HttpSession {
             response_header: None,
             resp_head: None,
             request_written: None,
+            request_names: NamesPresent::default(),
             read_timeout: None,
             write_timeout: None,
             digest,
@@ -710,6 +715,7 @@ impl HttpSession {
         let request_keepalive = self
             .request_written
             .as_ref()
+            .filter(|_| self.request_names.connection)
             .and_then(|req| is_buf_keepalive(req.headers.get(header::CONNECTION)));
 
         match request_keepalive {
@@ -903,7 +909,7 @@ impl HttpSession {
     /// Whether this request is for upgrade
     pub fn is_upgrade_req(&self) -> bool {
         match self.request_written.as_deref() {
-            Some(req) => is_upgrade_req(req),
+            Some(req) => self.request_names.upgrade && is_upgrade_req(req),
             None => false,
         }
     }
@@ -951,7 +957,12 @@ impl HttpSession {
     fn init_body_writer_comm(&mut self, headers: &HMap) {
         // Switchyard: a request with neither framing header (most) is framed
         // without looking either up.
-        let (transfer_encoding, content_length) = framing_names(headers);
+        self.request_names = framing_names(headers);
+        let NamesPresent {
+            transfer_encoding,
+            content_length,
+            ..
+        } = self.request_names;
         if !content_length && !transfer_encoding {
             self.body_writer.init_content_length(0);
             return;
@@ -2174,6 +2185,45 @@ mod tests_stream {
         // Keepalive should be enabled for properly-framed HTTP/1.1
         http_stream.respect_keepalive();
         assert!(http_stream.will_keepalive());
+    }
+
+    /// Switchyard: the request's own `Connection` and `Upgrade`, noted when
+    /// it is written, still decide: `close` ends the connection whatever the
+    /// response says, and only a request with `Upgrade` is an upgrade.
+    #[tokio::test]
+    async fn the_written_request_decides_keepalive_and_upgrade() {
+        async fn exchange(fields: &[(&'static str, &'static str)]) -> HttpSession {
+            let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            for (name, value) in fields {
+                request.insert_header(*name, *value).unwrap();
+                wire.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"\r\n");
+            let mock_io = Builder::new()
+                .write(&wire)
+                .read(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+                .build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream
+                .write_request_header(Box::new(request))
+                .await
+                .unwrap();
+            http_stream.read_response().await.unwrap();
+            http_stream.respect_keepalive();
+            http_stream
+        }
+
+        let plain = exchange(&[("Content-Length", "0")]).await;
+        assert!(plain.will_keepalive());
+        assert!(!plain.is_upgrade_req());
+
+        let closing = exchange(&[("Connection", "close"), ("Content-Length", "0")]).await;
+        assert!(!closing.will_keepalive());
+        assert!(!closing.is_upgrade_req());
+
+        let upgrade = exchange(&[("Upgrade", "websocket"), ("Content-Length", "0")]).await;
+        assert!(upgrade.is_upgrade_req());
     }
 
     #[tokio::test]

@@ -122,24 +122,42 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
-/// Switchyard: whether a message has `Transfer-Encoding` and whether it has
-/// `Content-Length`, from one pass over its names (cheaper, for the few
-/// names a message has, than looking both up: each lookup hashes its name).
-/// The framing functions are then called only for a header that is there.
-pub(crate) fn framing_names(headers: &HMap) -> (bool, bool) {
-    let (mut transfer_encoding, mut content_length) = (false, false);
+/// Switchyard: which of the headers the HTTP/1 framing and connection
+/// decisions read a message has, from one pass over its names (cheaper, for
+/// the few names a message has, than looking each up: each lookup hashes its
+/// name). The functions reading them are then called only for a header that
+/// is there.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NamesPresent {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub connection: bool,
+    pub upgrade: bool,
+}
+
+/// See [`NamesPresent`].
+pub(crate) fn framing_names(headers: &HMap) -> NamesPresent {
+    let mut present = NamesPresent::default();
     for name in headers.keys() {
         if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
+            present.transfer_encoding = true;
         } else if name == header::CONTENT_LENGTH {
-            content_length = true;
+            present.content_length = true;
+        } else if name == header::CONNECTION {
+            present.connection = true;
+        } else if name == header::UPGRADE {
+            present.upgrade = true;
         }
     }
-    (transfer_encoding, content_length)
+    present
 }
 
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
-    let (transfer_encoding, content_length) = framing_names(headers);
+    let NamesPresent {
+        transfer_encoding,
+        content_length,
+        ..
+    } = framing_names(headers);
     if !content_length && !transfer_encoding {
         // For responses, an absent Content-Length is close-delimited.
         body_writer.init_close_delimited();
@@ -541,11 +559,11 @@ pub(crate) fn content_length_is_single_token(headers: &HMap) -> bool {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::protocols::http::v1::body::BodyMode;
     use http::{
         header::{CONTENT_LENGTH, TRANSFER_ENCODING},
         StatusCode, Version,
     };
-    use crate::protocols::http::v1::body::BodyMode;
     use rstest::rstest;
 
     /// Switchyard: the names pass finds the framing headers among others,
@@ -565,6 +583,9 @@ mod test {
             &[("transfer-encoding", "gzip, chunked"), ("x-a", "1")],
             &[("transfer-encoding", "chunked"), ("content-length", "5")],
             &[("content-length", "5"), ("transfer-encoding", "gzip")],
+            &[("connection", "close"), ("host", "a")],
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            &[("upgrade", "h2c"), ("content-length", "0")],
         ];
         for fields in heads {
             let mut headers = HMap::new();
@@ -576,10 +597,12 @@ mod test {
             }
             assert_eq!(
                 framing_names(&headers),
-                (
-                    headers.contains_key(TRANSFER_ENCODING),
-                    headers.contains_key(CONTENT_LENGTH)
-                ),
+                NamesPresent {
+                    transfer_encoding: headers.contains_key(TRANSFER_ENCODING),
+                    content_length: headers.contains_key(CONTENT_LENGTH),
+                    connection: headers.contains_key(header::CONNECTION),
+                    upgrade: headers.contains_key(header::UPGRADE),
+                },
                 "{fields:?}"
             );
             let mut writer = BodyWriter::new();
