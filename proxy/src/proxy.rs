@@ -848,16 +848,29 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         }
     }
     use rand::RngExt;
-    let n: u128 = rand::rng().random();
+    let random: [u64; 2] = rand::rng().random();
     let mut buf = [0u8; 32];
-    let hex = b"0123456789abcdef";
-    for (i, slot) in buf.iter_mut().enumerate() {
-        *slot = hex[((n >> (4 * i)) & 0xf) as usize];
+    // Each random bit lands in one digit; which digit does not matter.
+    for (word, digits) in random.iter().zip(buf.chunks_exact_mut(16)) {
+        let (low, high) = digits.split_at_mut(8);
+        low.copy_from_slice(&hex_digits(word & 0x0f0f_0f0f_0f0f_0f0f).to_le_bytes());
+        high.copy_from_slice(&hex_digits((word >> 4) & 0x0f0f_0f0f_0f0f_0f0f).to_le_bytes());
     }
     // Shared from the start, so the copy for the upstream request is a
     // reference count, not a second allocation.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Eight values below 16, one per byte, as the lowercase hex digits
+/// `0`-`9`, `a`-`f`: eight at a time (a table lookup per digit cost four
+/// times as much).
+fn hex_digits(nibbles: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // The high bit of bytes 6 + nibble is set for a nibble of 10 or more;
+    // no byte carries into the next (at most 6 + 15).
+    let letters = ((nibbles + ONES * 6) >> 4) & ONES;
+    nibbles + ONES * u64::from(b'0') + letters * u64::from(b'a' - b'0' - 10)
 }
 
 /// One access log line: a JSON object.
@@ -942,5 +955,67 @@ fn status_for(e: &Error) -> u16 {
         ) => 0,
         (_, ErrorSource::Downstream) => 400,
         _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digits_are_the_lowercase_hex_of_each_nibble() {
+        for place in 0..8 {
+            for nibble in 0..16u64 {
+                // The nibble at one place, its neighbours at their extremes.
+                let others = if nibble % 2 == 0 {
+                    0
+                } else {
+                    0x0f0f_0f0f_0f0f_0f0f
+                };
+                let word = (others & !(0xff << (8 * place))) | (nibble << (8 * place));
+                let digits = hex_digits(word).to_le_bytes();
+                for (i, digit) in digits.iter().enumerate() {
+                    let value = (word >> (8 * i)) & 0xf;
+                    assert_eq!(
+                        char::from(*digit),
+                        char::from_digit(value as u32, 16).expect("below 16"),
+                        "{word:#x} byte {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_ids_are_new_hex_or_the_clients_own() {
+        let mut seen = std::collections::HashSet::new();
+        let none = http::HeaderMap::new();
+        for _ in 0..1000 {
+            let id = request_id(&none);
+            let id = id.to_str().expect("ascii");
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+            assert!(seen.insert(id.to_string()), "{id} came twice");
+        }
+        // Every digit value shows up: the random bits reach every digit.
+        let digits: std::collections::HashSet<char> =
+            seen.iter().flat_map(|id| id.chars()).collect();
+        assert_eq!(digits.len(), 16);
+
+        let mut given = http::HeaderMap::new();
+        given.insert(
+            crate::headers::X_REQUEST_ID.clone(),
+            HeaderValue::from_static("abc-123"),
+        );
+        assert_eq!(request_id(&given), "abc-123");
+        given.insert(
+            crate::headers::X_REQUEST_ID.clone(),
+            HeaderValue::from_static("has space"),
+        );
+        assert_ne!(request_id(&given), "has space");
     }
 }
