@@ -445,9 +445,10 @@ impl RequestHeader {
         target: std::ops::Range<usize>,
     ) -> Result<()> {
         let path = &buf[target.clone()];
+        // An ASCII target (nearly all) is UTF-8 without `from_utf8`'s setup.
         let origin_form = path.first() == Some(&b'/')
             && !path.contains(&b'#')
-            && std::str::from_utf8(path).is_ok();
+            && (path.is_ascii() || std::str::from_utf8(path).is_ok());
         if !origin_form {
             return self.set_raw_path(path);
         }

@@ -231,14 +231,18 @@ impl Nonce {
 
     /// Creates a unique nonce based on the `iv` and sequence number `seq`.
     #[inline]
-    fn new_from_seq(iv: &Iv, mut seq: [u8; NONCE_LEN]) -> Self {
-        seq.iter_mut()
-            .zip(iv.0.iter())
-            .for_each(|(s, iv)| {
-                *s ^= *iv;
-            });
-
-        Self(seq)
+    fn new_from_seq(iv: &Iv, seq: [u8; NONCE_LEN]) -> Self {
+        // Switchyard: the twelve bytes as one wide word, not one at a time
+        // (two nonces per request and response, about 40 instructions each).
+        let wide = |bytes: &[u8; NONCE_LEN]| {
+            let mut word = [0u8; 16];
+            word[..NONCE_LEN].copy_from_slice(bytes);
+            u128::from_ne_bytes(word)
+        };
+        let mixed = (wide(&seq) ^ wide(&iv.0)).to_ne_bytes();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&mixed[..NONCE_LEN]);
+        Self(nonce)
     }
 }
 
