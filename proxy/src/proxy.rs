@@ -614,7 +614,10 @@ impl ProxyHttp for Proxy {
         }
         // The framework's own header pass is off for our peers (see
         // `PoolRt::peer`): this one pass does all of it.
+        // The downstream request's parse noted whether it has `Upgrade`
+        // (this request is its copy): most have none and are not looked up.
         let upgrade = session.req_header().version == http::Version::HTTP_11
+            && session.downstream_session.is_upgrade_req()
             && is_websocket_upgrade(&upstream_request.headers);
         let peer = session
             .client_addr()
