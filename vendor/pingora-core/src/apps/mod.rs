@@ -182,16 +182,32 @@ impl HttpPersistentSettings {
 
 #[derive(Debug)]
 pub struct ReusedHttpStream {
-    stream: Stream,
+    conn: ReusedConn,
     persistent_settings: Option<HttpPersistentSettings>,
     /// Switchyard: the connection's digest, for the next session.
     digest: Option<Box<crate::protocols::Digest>>,
 }
 
+/// Switchyard: a kept-alive connection's stream, or its session already
+/// reset for the next request.
+enum ReusedConn {
+    Stream(Stream),
+    Session(Box<ServerSession>),
+}
+
+impl std::fmt::Debug for ReusedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stream(stream) => f.debug_tuple("Stream").field(stream).finish(),
+            Self::Session(_) => f.write_str("Session"),
+        }
+    }
+}
+
 impl ReusedHttpStream {
     pub fn new(stream: Stream, persistent_settings: Option<HttpPersistentSettings>) -> Self {
         ReusedHttpStream {
-            stream,
+            conn: ReusedConn::Stream(stream),
             persistent_settings,
             digest: None,
         }
@@ -203,7 +219,16 @@ impl ReusedHttpStream {
         reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
-        let mut reusable = reusable;
+        let mut reusable = match reusable.take_recycled() {
+            Ok(session) => {
+                return ReusedHttpStream {
+                    conn: ReusedConn::Session(session),
+                    persistent_settings: Some(persistent_settings),
+                    digest: None,
+                }
+            }
+            Err(reusable) => reusable,
+        };
         let digest = reusable.take_digest();
         let (stream, pipelined_prefix) = reusable.into_parts();
         if let Some(prefix) = pipelined_prefix {
@@ -215,7 +240,17 @@ impl ReusedHttpStream {
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
-        (self.stream, self.persistent_settings)
+        match self.conn {
+            ReusedConn::Stream(stream) => (stream, self.persistent_settings),
+            ReusedConn::Session(session) => {
+                let (stream, prefix) = ReusableHttpStream::from_recycled(session).into_parts();
+                let mut settings = self.persistent_settings;
+                if let (Some(prefix), Some(settings)) = (prefix, settings.as_mut()) {
+                    settings.set_pipelined_prefix(prefix);
+                }
+                (stream, settings)
+            }
+        }
     }
 }
 
@@ -241,11 +276,17 @@ fn first_h1_session(
 }
 
 /// Switchyard: the next HTTP/1 session of a kept-alive connection, with the
-/// settings the previous one handed on.
+/// settings the previous one handed on: the previous session itself, reset
+/// for it, when it was recycled.
 fn next_h1_session(reused: ReusedHttpStream) -> Box<ServerSession> {
-    let digest = reused.digest;
-    let (stream, persistent_settings) = (reused.stream, reused.persistent_settings);
-    let mut session = Box::write(Box::new_uninit(), ServerSession::next_http1(stream, digest));
+    let persistent_settings = reused.persistent_settings;
+    let mut session = match reused.conn {
+        ReusedConn::Session(session) => session,
+        ReusedConn::Stream(stream) => Box::write(
+            Box::new_uninit(),
+            ServerSession::next_http1(stream, reused.digest),
+        ),
+    };
     if let Some(persistent_settings) = persistent_settings {
         persistent_settings.apply_to_session(&mut session);
     }
@@ -430,6 +471,53 @@ where
 mod tests {
     use super::*;
     use tokio_test::io::Builder;
+
+    /// Switchyard: a kept-alive HTTP/1 session that can take the next
+    /// request at once is handed on in its box, reset, with the settings
+    /// the previous request left applied to it; its stream and the bytes
+    /// for the next request can still be taken out bare.
+    #[tokio::test]
+    async fn a_finished_session_is_recycled_for_the_next_request() {
+        let req1 = b"GET /one HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let req2 = b"GET /two HTTP/1.1\r\nHost: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(req1).read(req2).build();
+        let mut session = Box::new(ServerSession::new_http1(Box::new(mock_io)));
+        assert!(session.read_request().await.unwrap());
+        assert_eq!(session.read_request_body().await.unwrap(), None);
+        session.set_keepalive(Some(45));
+        session.set_keepalive_reuses_remaining(Some(3));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        settings.set_user_context(Box::new(11u8));
+        let first: *const ServerSession = &*session;
+        let reusable = session.finish_boxed().await.unwrap().expect("kept alive");
+        let reused = ReusedHttpStream::from_reusable_stream(reusable, settings);
+        let mut next = next_h1_session(reused);
+        assert!(
+            std::ptr::eq(&*next, first),
+            "the same session, in the same box"
+        );
+        assert_eq!(next.get_keepalive(), Some(45));
+        assert_eq!(next.get_keepalive_reuses_remaining(), Some(2));
+        let ctx = next.take_connection_user_context().expect("user context");
+        assert_eq!(*ctx.downcast::<u8>().unwrap(), 11);
+        assert!(next.read_request().await.unwrap());
+        assert_eq!(next.req_header().uri.path(), "/two");
+
+        // Taken apart instead: the stream and the (empty) head buffer.
+        let mock_io = Builder::new().read(req1).read(req2).build();
+        let mut session = Box::new(ServerSession::new_http1(Box::new(mock_io)));
+        assert!(session.read_request().await.unwrap());
+        assert_eq!(session.read_request_body().await.unwrap(), None);
+        session.set_keepalive(Some(45));
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish_boxed().await.unwrap().expect("kept alive");
+        let (stream, settings) =
+            ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+        let mut bare = ServerSession::new_http1(stream);
+        settings.expect("settings").apply_to_session(&mut bare);
+        assert!(bare.read_request().await.unwrap());
+        assert_eq!(bare.req_header().uri.path(), "/two");
+    }
 
     #[test]
     fn test_persistent_settings_user_context_roundtrip() {

@@ -33,17 +33,43 @@ use std::time::Duration;
 /// A reusable HTTP/1.x stream and bytes already read for the next request.
 #[derive(Debug)]
 pub struct ReusableHttpStream {
-    stream: Stream,
+    conn: Reusable,
     pipelined_prefix: Option<BytesMut>,
     /// Switchyard: the connection's digest, handed to the next session.
     digest: Option<Box<Digest>>,
 }
 
+/// Switchyard: what a finished HTTP/1 session hands on: its stream, or
+/// itself, reset for the next request ([`Session::finish_boxed`]).
+enum Reusable {
+    Stream(Stream),
+    Session(Box<Session>),
+}
+
+impl std::fmt::Debug for Reusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stream(stream) => f.debug_tuple("Stream").field(stream).finish(),
+            Self::Session(_) => f.write_str("Session"),
+        }
+    }
+}
+
 impl ReusableHttpStream {
     pub(crate) fn new(stream: Stream, pipelined_prefix: Option<BytesMut>) -> Self {
         Self {
-            stream,
+            conn: Reusable::Stream(stream),
             pipelined_prefix,
+            digest: None,
+        }
+    }
+
+    /// Switchyard: an HTTP/1 session already reset for the next request
+    /// of its connection (its pipelined prefix and digest are in it).
+    pub(crate) fn from_recycled(session: Box<Session>) -> Self {
+        Self {
+            conn: Reusable::Session(session),
+            pipelined_prefix: None,
             digest: None,
         }
     }
@@ -61,10 +87,31 @@ impl ReusableHttpStream {
         self.digest.take()
     }
 
+    /// Switchyard: the session kept for the next request, when the finished
+    /// one was recycled rather than taken apart.
+    pub(crate) fn take_recycled(self) -> std::result::Result<Box<Session>, Self> {
+        match self.conn {
+            Reusable::Session(session) => Ok(session),
+            conn => Err(Self { conn, ..self }),
+        }
+    }
+
     /// Split the reusable connection into its underlying stream and optional
     /// bytes already read for the next pipelined request.
     pub fn into_parts(self) -> (Stream, Option<BytesMut>) {
-        (self.stream, self.pipelined_prefix)
+        match self.conn {
+            Reusable::Stream(stream) => (stream, self.pipelined_prefix),
+            Reusable::Session(session) => match *session {
+                Session::H1(mut s) => {
+                    let prefix = s.take_pipelined_prefix();
+                    (s.into_inner(), prefix)
+                }
+                // Only HTTP/1 sessions are recycled.
+                Session::H2(_) | Session::Subrequest(_) | Session::Custom(_) => {
+                    unreachable!("only an HTTP/1 session is recycled")
+                }
+            },
+        }
     }
 }
 
@@ -299,26 +346,29 @@ impl Session {
     /// For H2, always return None because H2 stream is not reusable.
     /// For subrequests, there is no true underlying stream to return.
     /// [`Self::finish`] for a boxed session. An HTTP/1 session that is kept
-    /// alive is finished without moving it out of its box while waiting, so
-    /// the future is small, and an HTTP/2 stream, which finishes without
-    /// waiting, in its box; other cases take the general path, boxed apart
-    /// (its future, about 3.7 KiB, was built and copied for every HTTP/2
-    /// request).
+    /// alive and can take the next request at once is reset for it in its
+    /// box and handed on whole ([`SessionV1::recycle`]); one that must
+    /// still drain its request body is finished without moving it out of
+    /// its box while waiting, so the future is small. An HTTP/2 stream,
+    /// which finishes without waiting, is finished in its box; other cases
+    /// take the general path, boxed apart (its future, about 3.7 KiB, was
+    /// built and copied for every HTTP/2 request).
     pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
-        let immediate = match self.as_mut() {
+        match self.as_mut() {
             Self::H1(s) => {
                 // need to flush body due to buffering
                 s.finish_body().await?;
-                s.reuse_is_immediate()
+                if s.reuse_is_immediate() {
+                    return Ok(s.recycle().then(|| ReusableHttpStream::from_recycled(self)));
+                }
             }
             Self::H2(s) => {
                 s.finish()?;
                 return Ok(None);
             }
             _ => return Box::pin((*self).finish()).await,
-        };
+        }
         match *self {
-            Self::H1(s) if immediate => s.reuse_now(),
             Self::H1(s) => Box::pin(s.reuse()).await,
             // Not reached: the session was HTTP/1 above.
             _ => Ok(None),
