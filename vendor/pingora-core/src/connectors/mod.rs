@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
 
@@ -480,8 +481,13 @@ fn stream_matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
-    // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-    let result = tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never();
+    // Switchyard: the stream's own check without waiting when it has one.
+    let result = match stream.try_read_idle(&mut buf) {
+        Some(Poll::Ready(read)) => Some(read),
+        Some(Poll::Pending) => None,
+        // tokio::task::unconstrained because now_or_never may yield None when the future is ready
+        None => tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never(),
+    };
     if let Some(data_result) = result {
         match data_result {
             Ok(n) => {
@@ -682,6 +688,65 @@ mod tests {
         );
         assert!(connector.reused_stream(&peer).await.is_none());
         drop(kept_server);
+    }
+
+    /// Switchyard: an idle TCP connection is checked by reading its socket
+    /// without waiting, and that answers as a polled read does, for a
+    /// connection left open, one the server wrote to and one it closed.
+    #[tokio::test]
+    async fn an_idle_check_reads_the_socket_as_a_polled_read_does() {
+        #[derive(Debug, PartialEq)]
+        enum Seen {
+            Nothing,
+            Read(usize),
+            Failed,
+        }
+        fn seen(read: Option<std::io::Result<usize>>) -> Seen {
+            match read {
+                None => Seen::Nothing,
+                Some(Ok(n)) => Seen::Read(n),
+                Some(Err(_)) => Seen::Failed,
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        for (server_does, expected) in [
+            ("nothing", Seen::Nothing),
+            ("write", Seen::Read(1)),
+            ("close", Seen::Read(0)),
+        ] {
+            let mut answers = Vec::new();
+            for direct in [true, false] {
+                let mut client = connector.new_stream(&peer).await.unwrap();
+                let (mut server, _) = listener.accept().await.unwrap();
+                match server_does {
+                    "write" => tokio::io::AsyncWriteExt::write_all(&mut server, b"x")
+                        .await
+                        .unwrap(),
+                    "close" => drop(server),
+                    _ => {}
+                }
+                // Let the runtime see what the server did.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut buf = [0; 1];
+                let read = if direct {
+                    match client.try_read_idle(&mut buf) {
+                        Some(Poll::Ready(read)) => Some(read),
+                        Some(Poll::Pending) => None,
+                        None => panic!("a TCP stream is checked directly"),
+                    }
+                } else {
+                    tokio::task::unconstrained(client.read(&mut buf[..])).now_or_never()
+                };
+                answers.push(seen(read));
+            }
+            assert_eq!(
+                answers[0], expected,
+                "checked directly, server did {server_does}"
+            );
+            assert_eq!(answers[1], expected, "polled, server did {server_does}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

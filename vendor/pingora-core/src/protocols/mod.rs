@@ -108,6 +108,18 @@ pub trait Peek {
     fn begin_read(&mut self, _timeout: Option<std::time::Duration>) -> bool {
         false
     }
+
+    /// Switchyard: read into `buf` without waiting and without leaving a
+    /// waker behind, for a check of an idle connection: `Some(Pending)`
+    /// when nothing can be read now, `Some(Ready(..))` with what a read
+    /// gave (0: closed), `None` when this stream cannot tell this way (the
+    /// caller then polls a read once). `None` by default.
+    fn try_read_idle(
+        &mut self,
+        _buf: &mut [u8],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        None
+    }
 }
 
 use std::any::Any;

@@ -765,6 +765,31 @@ impl Peek for Stream {
         }
     }
 
+    /// The socket itself is read (no buffered or rewound bytes wait): its
+    /// readiness is known to the runtime, so a socket not marked readable
+    /// is answered without a system call, a waker or the layers of a read.
+    fn try_read_idle(&mut self, buf: &mut [u8]) -> Option<Poll<io::Result<usize>>> {
+        if !self.rewind_read_buf.is_empty() {
+            return None;
+        }
+        let stream = self.stream.as_ref()?;
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return None;
+            }
+        }
+        let read = match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.try_read(buf),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.try_read(buf),
+            RawStream::Virtual(_) => return None,
+        };
+        Some(match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            other => Poll::Ready(other),
+        })
+    }
+
     fn begin_read(&mut self, timeout: Option<Duration>) -> bool {
         match (self.read_watch.as_mut(), timeout) {
             (Some(watch), _) => watch.begin(timeout),
