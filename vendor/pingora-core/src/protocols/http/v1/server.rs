@@ -1606,16 +1606,23 @@ impl HttpSession {
             debug!("bytes overread on request, disallowing reuse");
             return Ok(None);
         }
-        let pipelined_prefix = self
-            .pipelining_enabled
-            .then(|| self.take_body_overread())
-            .flatten()
-            .filter(|prefix| !prefix.is_empty())
-            .or_else(|| self.spare_head_buffer());
+        let pipelined_prefix = self.next_request_prefix();
         Ok(Some(
             ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
                 .with_digest(self.digest),
         ))
+    }
+
+    /// Switchyard: what the next request of a reused connection starts
+    /// from: the bytes read past this request's body when pipelining is
+    /// on, else this request's head buffer, emptied, when it can be had
+    /// ([`Self::spare_head_buffer`]).
+    fn next_request_prefix(&mut self) -> Option<BytesMut> {
+        self.pipelining_enabled
+            .then(|| self.take_body_overread())
+            .flatten()
+            .filter(|prefix| !prefix.is_empty())
+            .or_else(|| self.spare_head_buffer())
     }
 
     /// Switchyard: [`Self::reuse_now`] without giving up the session: when
@@ -1635,12 +1642,7 @@ impl HttpSession {
             debug!("bytes overread on request, disallowing reuse");
             return false;
         }
-        let next_prefix = self
-            .pipelining_enabled
-            .then(|| self.take_body_overread())
-            .flatten()
-            .filter(|prefix| !prefix.is_empty())
-            .or_else(|| self.spare_head_buffer());
+        let next_prefix = self.next_request_prefix();
         // Every field named (no `..`): a field added to the session fails
         // to compile here until it is given its starting value, the one
         // `new_with_digest` gives it.
@@ -1744,12 +1746,7 @@ impl HttpSession {
                 debug!("bytes overread on request, disallowing reuse");
                 Ok(None)
             } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty())
-                    .or_else(|| self.spare_head_buffer());
+                let pipelined_prefix = self.next_request_prefix();
                 Ok(Some(
                     ReusableHttpStream::new(self.underlying_stream, pipelined_prefix)
                         .with_digest(self.digest),
