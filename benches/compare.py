@@ -148,8 +148,10 @@ class Bench:
         self.combined = self.work / "combined.pem"
         self.combined.write_text(self.cert.read_text() + self.key.read_text())
 
-    def start_upstream(self):
+    def start_upstream(self, extra_ports=0):
         self.up_port = free_port()
+        self.up_extra = [free_port() for _ in range(extra_ports)]
+        extra_listen = "".join(f"\n    listen 127.0.0.1:{p} backlog=4096;" for p in self.up_extra)
         root = self.work / "www"
         root.mkdir()
         (root / "big").write_bytes(b"x" * 100_000)
@@ -160,7 +162,7 @@ events {{ worker_connections 20000; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   server {{
-    listen 127.0.0.1:{self.up_port} backlog=4096 reuseport;
+    listen 127.0.0.1:{self.up_port} backlog=4096 reuseport;{extra_listen}
     location = /small {{ default_type text/plain; return 200 "ok\\n"; }}
     location = /big {{ root {root}; }}
   }}
@@ -437,6 +439,48 @@ backend be
         return curves
 
 
+    def train(self):
+        """The workload the release build's optimization profile is recorded
+        from (benches/pgo.sh), run against a profile-generating build: every
+        scenario of the comparison, then a service with a weighted blue/green
+        split, sticky cookies, an override header, health checks and the
+        access log, with a reload and admin scrapes under load. The proxy is
+        then stopped with SIGINT, so it exits and writes its profile."""
+        http, https, admin = free_port(), free_port(), free_port()
+        conf = self.work / "switchyard.toml"
+        conf.write_text(train_config(http, https, admin, f"127.0.0.1:{self.up_port}",
+                                     f"127.0.0.1:{self.up_extra[0]}", self.cert, self.key,
+                                     self.work / "access.log"))
+        argv = [str(self.bin / "switchyard"), "run", "--config", str(conf)]
+        p = self.start("switchyard", argv, http, env=dict(os.environ, RUST_LOG="warn"))
+        wait_port(https, p.proc, "switchyard")
+        for name, run in self.scenarios(http, https).items():
+            print(f"train: {name} {run()['value']:.0f}", file=sys.stderr, flush=True)
+        shop = ("-H", "Host: shop.example.com")
+        scrapes = [f"http://127.0.0.1:{admin}/metrics", f"http://127.0.0.1:{admin}/api/v1/status"]
+
+        def canary():
+            load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64",
+                                     f"-d{self.duration}s", *shop, f"http://127.0.0.1:{http}/small"],
+                                    stdout=subprocess.PIPE, text=True)
+            time.sleep(self.duration / 3)
+            os.kill(p.proc.pid, signal.SIGHUP)
+            for url in scrapes * 5:
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+            out, _ = load.communicate()
+            if load.returncode != 0 or "Non-2xx" in out:
+                raise RuntimeError(f"canary load failed:\n{out}")
+            return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+        print(f"train: canary split {canary():.0f}", file=sys.stderr, flush=True)
+        green = self.wrk(f"https://127.0.0.1:{https}/small",
+                         ("-H", "Host: shop.example.com", "-H", "x-switchyard-pool: green"))
+        print(f"train: override header {green['rps']:.0f}", file=sys.stderr, flush=True)
+        os.killpg(p.proc.pid, signal.SIGINT)
+        if p.proc.wait(timeout=60) != 0:
+            raise RuntimeError(f"switchyard exited with {p.proc.returncode}")
+
+
 def keepalive_requests(port, n):
     """`n` GET /small over one keep-alive connection, as wrk sends them."""
     req = f"GET /small HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
@@ -482,6 +526,32 @@ def switchyard_config(http, https, upstream, cert, key, routes):
     return "\n".join(lines)
 
 
+def train_config(http, https, admin, blue, green, cert, key, access_log):
+    """The comparison's config plus a canary service (see `Bench.train`)."""
+    base = switchyard_config(http, https, blue, cert, key, routes=10)
+    return (base.replace('[server]\n', f'[server]\naccess_log = "{access_log}"\n')
+            .replace('[listen]\n', f'[listen]\nadmin = "127.0.0.1:{admin}"\n') + f"""
+[[routes]]
+host = "shop.example.com"
+service = "shop"
+https_redirect = false
+
+[services.shop]
+split = {{ blue = 90, green = 10 }}
+sticky = true
+override_header = "x-switchyard-pool"
+
+[services.shop.health]
+interval = "1s"
+
+[services.shop.pools.blue]
+backends = ["{blue}", "{green}"]
+
+[services.shop.pools.green]
+backends = ["{green}"]
+""")
+
+
 LABELS = {
     "http1_small_rps": ("HTTP/1.1 keep-alive, small (req/s)", True),
     "https_small_rps": ("HTTPS keep-alive, small (req/s)", True),
@@ -519,7 +589,9 @@ def markdown(results, curves, meta):
     out = [f"# Load comparison ({meta['mode']})", "",
            f"One worker per proxy pinned to CPU {PROXY_CPU}; load generator and upstream on CPU {LOAD_CPU}. "
            f"{meta['rounds']} round(s) of {meta['duration']} s per scenario, median reported. "
-           "For latency and memory, lower is better; above 1.00 means Switchyard is higher.", ""]
+           "For latency and memory, lower is better; above 1.00 means Switchyard is higher. "
+           "Switchyard built " + ("with" if meta["release_profile"] else "without")
+           + " the optimization profile (benches/pgo/).", ""]
     out += table(results, list(LABELS), lambda r, k: fmt(r.get(k)), lambda k: k)
     out += ["", "## Per busy core", "",
             "The measured rate divided by the share of its core the proxy used during the run "
@@ -550,10 +622,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--train", action="store_true",
+                    help="run the optimization profile's workload against BIN_DIR/switchyard (benches/pgo.sh)")
     args = ap.parse_args()
     if (os.cpu_count() or 1) < 2:
         sys.exit("the comparison needs at least two CPUs")
     bench = Bench(args)
+    if args.train:
+        try:
+            bench.make_cert()
+            bench.start_upstream(extra_ports=1)
+            bench.train()
+        finally:
+            bench.close()
+        return
     try:
         bench.make_cert()
         bench.start_upstream()
@@ -566,7 +648,8 @@ def main():
     finally:
         bench.close()
     meta = {"mode": "quick" if args.quick else "full", "rounds": bench.rounds, "duration": bench.duration,
-            "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()}
+            "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+            "release_profile": "-Cprofile-use=" in os.environ.get("CARGO_ENCODED_RUSTFLAGS", "")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "latest"

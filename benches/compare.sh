@@ -15,5 +15,10 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_build_deps nginx haproxy wrk h2load:nghttp2-client openssl taskset:util-linux python3 valgrind
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release --locked --bin switchyard --example pingora-floor --example loadgen
+use_release_profile
+# Two builds: the examples' dev-dependencies turn on framework features the
+# binary does not use, and built with them the binary's framework functions
+# would differ from those the optimization profile was recorded on.
+cargo build --release --locked --bin switchyard
+cargo build --release --locked --example pingora-floor --example loadgen
 exec python3 benches/compare.py --bin-dir target/release "$@"

@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_build_deps curl
+use_release_profile
 cargo build --release --locked --bin switchyard
 exec target/release/switchyard demo "$@"

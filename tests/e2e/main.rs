@@ -11,6 +11,7 @@ mod failover;
 mod hardening;
 mod headers;
 mod health;
+mod release_profile;
 mod reload;
 mod rollout;
 mod routing;
