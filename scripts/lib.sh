@@ -35,7 +35,7 @@ use_release_profile() {
     local profile="$PWD/benches/pgo/switchyard.profdata"
     [ -f "$profile" ] || return 0
     local recorded have
-    recorded=$(cat benches/pgo/llvm-version)
+    recorded=$(cat benches/pgo/llvm-version 2>/dev/null || true)
     have=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
     if [ "$recorded" != "$have" ]; then
         echo "switchyard: building without benches/pgo/switchyard.profdata" \

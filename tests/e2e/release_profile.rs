@@ -28,7 +28,9 @@ fn run_helper(root: &Path, env: &[(&str, &str)]) -> (String, String) {
     cmd.current_dir(root)
         .args([
             "-c",
-            ". scripts/lib.sh && use_release_profile && printf '%s' \"${CARGO_ENCODED_RUSTFLAGS:-}\"",
+            // As the scripts run it: any failing command ends the script.
+            "set -euo pipefail; . scripts/lib.sh; use_release_profile; \
+             printf '%s' \"${CARGO_ENCODED_RUSTFLAGS:-}\"",
         ])
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
@@ -129,6 +131,12 @@ fn a_profile_from_another_llvm_is_left_out() {
         flags_after(dir.path(), &[("RUSTFLAGS", "-Cdebuginfo=1")]),
         ""
     );
+    // A profile whose version note is missing is left out too, and the
+    // script using the helper goes on.
+    std::fs::remove_file(dir.path().join("benches/pgo/llvm-version")).expect("rm");
+    let (flags, said) = run_helper(dir.path(), &[]);
+    assert_eq!(flags, "");
+    assert!(said.contains("(recorded with LLVM ;"), "{said}");
     // Without a profile at all, nothing changes either.
     std::fs::remove_file(dir.path().join("benches/pgo/switchyard.profdata")).expect("rm");
     assert_eq!(flags_after(dir.path(), &[]), "");
