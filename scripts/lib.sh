@@ -39,7 +39,7 @@ use_release_profile() {
     have=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
     if [ "$recorded" != "$have" ]; then
         echo "switchyard: building without benches/pgo/switchyard.profdata" \
-            "(recorded with LLVM $recorded; this rustc has LLVM ${have:-unknown})" >&2
+            "(recorded with LLVM ${recorded:-unknown}; this rustc has LLVM ${have:-unknown})" >&2
         return 0
     fi
     # Flags already set are kept; the encoded form (one flag per field)

@@ -82,8 +82,10 @@ fn release_builds_use_the_recorded_profile_and_keep_the_flags_already_set() {
 
 #[test]
 fn the_recorded_profile_is_read_by_this_toolchain() {
-    // An unreadable or foreign profile stops a build that uses it; compile a
-    // small program with it as the release build would.
+    // rustc does not refuse a profile it cannot read: it warns ("invalid
+    // instrumentation profile data") and builds without it, so the check is
+    // that it says nothing; compile a small program with it as the release
+    // build would.
     let dir = tempfile::tempdir().expect("temp dir");
     let src = dir.path().join("main.rs");
     std::fs::write(
@@ -100,10 +102,11 @@ fn the_recorded_profile_is_read_by_this_toolchain() {
         .arg(&src)
         .output()
         .expect("rustc");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rustc failed: {said}");
     assert!(
-        out.status.success(),
-        "rustc refused the profile: {}",
-        String::from_utf8_lossy(&out.stderr)
+        said.trim().is_empty(),
+        "rustc did not take the profile cleanly: {said}"
     );
 }
 
@@ -136,7 +139,7 @@ fn a_profile_from_another_llvm_is_left_out() {
     std::fs::remove_file(dir.path().join("benches/pgo/llvm-version")).expect("rm");
     let (flags, said) = run_helper(dir.path(), &[]);
     assert_eq!(flags, "");
-    assert!(said.contains("(recorded with LLVM ;"), "{said}");
+    assert!(said.contains("(recorded with LLVM unknown;"), "{said}");
     // Without a profile at all, nothing changes either.
     std::fs::remove_file(dir.path().join("benches/pgo/switchyard.profdata")).expect("rm");
     assert_eq!(flags_after(dir.path(), &[]), "");
