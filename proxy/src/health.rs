@@ -637,7 +637,7 @@ mod tests {
                 addr: addr(p),
                 health: registry.backend("s", "p", addr(p)),
                 draining: false,
-                reuse_hash: std::sync::OnceLock::new(),
+                peer: std::sync::OnceLock::new(),
             })
             .collect();
         let outlier = Outlier {

@@ -493,9 +493,20 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        // The framework asks `upstream_peer_shared`; this is the same peer,
+        // owned.
+        let peer = self.upstream_peer_shared(session, ctx).await?;
+        Ok(Box::new(HttpPeer::clone(&peer)))
+    }
+
+    async fn upstream_peer_shared(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Arc<HttpPeer>> {
         let Some(service) = ctx.service() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -510,31 +521,37 @@ impl ProxyHttp for Proxy {
         };
         let pool_rt = &service.pools[pool as usize];
         let backend_rt = &pool_rt.backends[backend as usize];
-        // Built in its allocation rather than on the stack and copied
-        // there (a peer is about 700 bytes).
-        let mut peer = Box::write(
-            Box::new_uninit(),
-            pool_rt.peer(backend_rt.addr, service.connect_timeout),
-        );
-        // The same peer every time: its hash (for the connection pool) is
-        // computed once. Timeouts, set below, are not part of it.
-        let hash = *backend_rt.reuse_hash.get_or_init(|| peer.reuse_hash());
-        peer.set_reuse_hash(hash);
-        let mut read_timeout = service.read_timeout;
-        if let Some(total) = service.request_timeout {
-            let left = total.saturating_sub(ctx.started.elapsed());
-            if left.is_zero() {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(504),
-                    "request timeout reached before a backend was tried",
-                ));
+        // One peer per backend and serving snapshot, with the service's
+        // timeouts, built for its first request and shared by the next ones:
+        // no peer (about 700 bytes) built, written and freed per request,
+        // and its hash for the connection pool computed once.
+        let shared = backend_rt.peer.get_or_init(|| {
+            let mut peer = pool_rt.peer(backend_rt.addr, service.connect_timeout);
+            peer.options.read_timeout = Some(service.read_timeout);
+            peer.options.write_timeout = Some(service.write_timeout);
+            let hash = peer.reuse_hash();
+            peer.set_reuse_hash(hash);
+            Arc::new(peer)
+        });
+        let peer = match service.request_timeout {
+            None => Arc::clone(shared),
+            Some(total) => {
+                let left = total.saturating_sub(ctx.started.elapsed());
+                if left.is_zero() {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(504),
+                        "request timeout reached before a backend was tried",
+                    ));
+                }
+                // What is left of the request's time bounds every wait on
+                // it: this request's own copy of the peer (timeouts are not
+                // part of its hash).
+                let mut peer = HttpPeer::clone(shared);
+                peer.options.read_timeout = Some(service.read_timeout.min(left));
+                peer.options.connection_timeout = Some(service.connect_timeout.min(left));
+                Arc::new(peer)
             }
-            // What is left of the request's time bounds every wait on it.
-            read_timeout = read_timeout.min(left);
-            peer.options.connection_timeout = Some(service.connect_timeout.min(left));
-        }
-        peer.options.read_timeout = Some(read_timeout);
-        peer.options.write_timeout = Some(service.write_timeout);
+        };
         ctx.pool = pool;
         ctx.current = Some((pool, backend));
         ctx.last = Some((pool, backend));

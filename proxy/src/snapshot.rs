@@ -102,7 +102,7 @@ impl Snapshot {
                                 addr,
                                 health: health.backend(&s.name, &p.name, addr),
                                 draining: p.drain.contains(&addr),
-                                reuse_hash: std::sync::OnceLock::new(),
+                                peer: std::sync::OnceLock::new(),
                             })
                             .collect(),
                         health_check: p.health.clone(),
@@ -468,9 +468,10 @@ pub struct BackendRt {
     pub health: Arc<BackendHealth>,
     /// Being drained: gets no new requests.
     pub draining: bool,
-    /// The reuse hash of its peer (see [`PoolRt::peer`]), computed for the
-    /// first request and given to the peers of the next ones.
-    pub reuse_hash: std::sync::OnceLock<u64>,
+    /// Its peer (see [`PoolRt::peer`]) with the service's timeouts and its
+    /// hash for the connection pool, built for its first request and
+    /// shared by the next ones.
+    pub peer: std::sync::OnceLock<Arc<pingora_core::upstreams::peer::HttpPeer>>,
 }
 
 impl BackendRt {

@@ -258,6 +258,70 @@ async fn a_hanging_backend_gets_504_after_the_read_timeout_and_a_slow_one_succee
     );
 }
 
+/// A backend's peer (where and how requests go to it, with the service's
+/// timeouts) is made for its first request and shared by the next ones: a
+/// reload that changes the timeouts makes a new one, and a request with a
+/// total budget gets its own, cut to what is left of the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_read_timeout_applies_to_a_backend_already_in_use() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "").replace("\"1s\"", "\"5s\"")).await;
+    let client = Client::new();
+    for _ in 0..3 {
+        let reply = client
+            .get(&proxy.url("/slow?ms=1200"), Some("a"))
+            .await
+            .expect("reply");
+        assert_eq!(reply.status, 200, "within the 5 s read timeout");
+    }
+
+    proxy.replace_atomically(&proxy.config_text(&body(up.addr, "").replace("\"1s\"", "\"300ms\"")));
+    proxy.wait_for_log("generation=2 routes=").await;
+    let started = std::time::Instant::now();
+    let reply = client
+        .get(&proxy.url("/slow?ms=1200"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(
+        reply.status, 504,
+        "the reloaded 300 ms read timeout: {}",
+        reply.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = client.get(&proxy.url("/"), Some("a")).await.expect("reply");
+    assert_eq!(reply.status, 200, "a quick answer still passes");
+
+    // A total budget: the shared peer's 5 s read timeout is cut, for this
+    // request only, to what is left of 600 ms.
+    proxy.replace_atomically(&proxy.config_text(&body(up.addr, "").replace(
+        "read_timeout = \"1s\"",
+        "read_timeout = \"5s\"\nrequest_timeout = \"600ms\"",
+    )));
+    proxy.wait_for_log("generation=3 routes=").await;
+    let reply = client.get(&proxy.url("/"), Some("a")).await.expect("reply");
+    assert_eq!(reply.status, 200);
+    let started = std::time::Instant::now();
+    let reply = client
+        .get(&proxy.url("/slow?ms=1500"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = client
+        .get(&proxy.url("/slow?ms=200"), Some("a"))
+        .await
+        .expect("reply");
+    assert_eq!(reply.status, 200, "the next request has its own budget");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let up = Upstream::start("app").await;

@@ -426,7 +426,7 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
-        let peer = match self.inner.upstream_peer(session, ctx).await {
+        let peer = match self.inner.upstream_peer_shared(session, ctx).await {
             Ok(p) => p,
             Err(e) => return (false, Some(e)),
         };
@@ -562,7 +562,7 @@ where
 
     async fn finish(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut SV::CTX,
         reuse: bool,
         error: Option<Box<Error>>,
@@ -1187,9 +1187,14 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    // Switchyard: the session (about 370 bytes) comes boxed and is handed
+    // on boxed. By value, each `async fn` it passes through copies it twice
+    // (into the future's argument, then into its local), each time into
+    // memory of the request's future not otherwise touched: with many
+    // connections in flight, lines that miss the cache.
     async fn process_request(
         self: &Arc<Self>,
-        mut session: Session,
+        mut session: Box<Session>,
         mut ctx: <SV as ProxyHttp>::CTX,
     ) -> Option<ReusedHttpStream>
     where
@@ -1412,7 +1417,7 @@ where
 
     async fn handle_error(
         &self,
-        mut session: Session,
+        mut session: Box<Session>,
         ctx: &mut <SV as ProxyHttp>::CTX,
         e: Box<Error>,
         context: &str,
@@ -1486,13 +1491,13 @@ where
         debug!("starting subrequest");
 
         let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
+            Some(downstream_session) => Box::new(Session::new(
                 downstream_session,
                 &self.downstream_modules,
                 #[cfg(feature = "upstream_modules")]
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
-            ),
+            )),
             None => return, // bad request
         };
 
@@ -1620,16 +1625,19 @@ where
         // Extract user context from the previous request
         let prev_user_ctx = session.take_connection_user_context();
 
-        Box::pin(async move {
+        // Allocated first and written in place, like the request's future
+        // below: `Box::pin` would copy the whole future (about 600 bytes,
+        // nearly all of it not yet used) from the stack.
+        let next = Box::write(Box::new_uninit(), async move {
             // TODO: keepalive pool, use stack
             let mut session = match self.handle_new_request(session).await {
-                Some(downstream_session) => Session::new(
+                Some(downstream_session) => Box::new(Session::new(
                     downstream_session,
                     &self.downstream_modules,
                     #[cfg(feature = "upstream_modules")]
                     &self.upstream_modules,
                     self.shutdown_flag.clone(),
-                ),
+                )),
                 None => return None, // bad request
             };
 
@@ -1653,7 +1661,8 @@ where
             // most of it not yet used) into the allocation.
             let request = Box::write(Box::new_uninit(), self.process_request(session, ctx));
             Box::into_pin(request).await
-        })
+        });
+        Box::into_pin(next)
     }
 
     async fn http_cleanup(&self) {

@@ -69,6 +69,23 @@ pub trait ProxyHttp: Sync {
         ctx: &mut Self::CTX,
     ) -> impl Future<Output = Result<Box<HttpPeer>>> + Send;
 
+    /// Switchyard: where the proxy sends the request, as a shared peer. A proxy
+    /// that keeps one peer per backend hands out a reference to it here,
+    /// instead of building and freeing a peer (about 700 bytes) per request.
+    ///
+    /// The proxy asks this, not [Self::upstream_peer]; by default it is the
+    /// peer `upstream_peer` builds.
+    fn upstream_peer_shared(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> impl Future<Output = Result<Arc<HttpPeer>>> + Send
+    where
+        Self::CTX: Send + Sync,
+    {
+        async move { self.upstream_peer(session, ctx).await.map(Arc::from) }
+    }
+
     /// Set up downstream modules.
     ///
     /// In this phase, users can add or configure [HttpModules] before the server starts up.
