@@ -37,7 +37,7 @@ impl Connector {
         peer: &P,
     ) -> Result<(Box<HttpSession>, bool)> {
         let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = Box::new(HttpSession::new_with_options(stream, peer));
+        let http = HttpSession::new_with_options_boxed(stream, peer);
         Ok((http, reused))
     }
 
@@ -46,7 +46,7 @@ impl Connector {
         peer: &P,
     ) -> Option<Box<HttpSession>> {
         let stream = self.transport.reused_stream(peer).await?;
-        let http = Box::new(HttpSession::new_with_options(stream, peer));
+        let http = HttpSession::new_with_options_boxed(stream, peer);
         Some(http)
     }
 

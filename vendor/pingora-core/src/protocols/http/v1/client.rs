@@ -143,6 +143,21 @@ impl HttpSession {
         session
     }
 
+    /// Switchyard: [Self::new_with_options], built in its box (boxing the
+    /// returned session copies its 560 bytes once more).
+    pub fn new_with_options_boxed<P: crate::upstreams::peer::Peer>(
+        stream: Stream,
+        peer: &P,
+    ) -> Box<Self> {
+        let mut session = Box::new(Self::new(stream));
+        if let Some(options) = peer.get_peer_options() {
+            session.set_allow_h1_response_invalid_content_length(
+                options.allow_h1_response_invalid_content_length,
+            );
+        }
+        session
+    }
+
     /// Write the request header to the server
     /// After the request header is sent. The caller can either start reading the response or
     /// sending request body if any.
@@ -327,11 +342,11 @@ impl HttpSession {
 
                         // Without a case map: one is kept below only if a name
                         // is spelled its own way.
-                        let mut response_header = match ResponseHeader::build_no_case(
+                        let mut response_header = match ResponseHeader::build_no_case_boxed(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {
-                            Ok(header) => Box::new(header),
+                            Ok(header) => header,
                             Err(e) => return self.fail_response_header_read(e),
                         };
 

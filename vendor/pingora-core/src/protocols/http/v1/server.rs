@@ -408,11 +408,11 @@ impl HttpSession {
                         // Without a case map: one is kept below only if a name
                         // is spelled its own way. The target is set once the
                         // buffer is shared (below), as a slice of it.
-                        let mut request_header = Box::new(RequestHeader::build_no_case(
+                        let mut request_header = RequestHeader::build_no_case_boxed(
                             req.method.unwrap_or(""),
                             b"",
                             Some(req.headers.len()),
-                        )?);
+                        )?;
                         // we path httparse to allow unsafe bytes in the str
                         let target_range = req.path.map_or(0..0, |target| {
                             let start = target.as_ptr() as usize - base;
