@@ -194,11 +194,17 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Self> {
         let mut req = Self::new_no_case(size_hint);
-        req.base.method = method
+        req.set_method_and_raw_path(method, path)?;
+        Ok(req)
+    }
+
+    /// Switchyard: the method and target of [Self::build_no_case] and
+    /// [Self::build_no_case_boxed], set in place.
+    fn set_method_and_raw_path(&mut self, method: impl TryInto<Method>, path: &[u8]) -> Result<()> {
+        self.base.method = method
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
-        req.set_raw_path(path)?;
-        Ok(req)
+        self.set_raw_path(path)
     }
 
     /// Switchyard: [Self::build_no_case], built in its box. Boxing the
@@ -210,10 +216,7 @@ impl RequestHeader {
         size_hint: Option<usize>,
     ) -> Result<Box<Self>> {
         let mut req = Box::new(Self::new_no_case(size_hint));
-        req.base.method = method
-            .try_into()
-            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
-        req.set_raw_path(path)?;
+        req.set_method_and_raw_path(method, path)?;
         Ok(req)
     }
 
@@ -704,9 +707,7 @@ impl ResponseHeader {
     /// Use this method if reading from or writing to HTTP/2 sessions where header case doesn't matter anyway.
     pub fn build_no_case(code: impl TryInto<StatusCode>, size_hint: Option<usize>) -> Result<Self> {
         let mut resp = Self::new_no_case(size_hint);
-        resp.base.status = code
-            .try_into()
-            .explain_err(InvalidHTTPHeader, |_| "invalid status")?;
+        resp.set_status(code)?;
         Ok(resp)
     }
 
@@ -717,9 +718,7 @@ impl ResponseHeader {
         size_hint: Option<usize>,
     ) -> Result<Box<Self>> {
         let mut resp = Box::new(Self::new_no_case(size_hint));
-        resp.base.status = code
-            .try_into()
-            .explain_err(InvalidHTTPHeader, |_| "invalid status")?;
+        resp.set_status(code)?;
         Ok(resp)
     }
 
@@ -1397,10 +1396,9 @@ mod tests {
         assert_eq!(boxed.raw_path(), b"/a?b=1");
         assert!(boxed.header_name_map.is_none() && plain.header_name_map.is_none());
         assert!(RequestHeader::build_no_case_boxed("BAD METHOD", b"/", None).is_err());
-        assert!(
-            RequestHeader::build_no_case_boxed("GET", b"/\x7f", None).is_err()
-                == RequestHeader::build_no_case("GET", b"/\x7f", None).is_err()
-        );
+        // A target the parse refuses (DEL is not a URI byte) is refused by both.
+        assert!(RequestHeader::build_no_case_boxed("GET", b"/\x7f", None).is_err());
+        assert!(RequestHeader::build_no_case("GET", b"/\x7f", None).is_err());
 
         let boxed = ResponseHeader::build_no_case_boxed(404, Some(2)).unwrap();
         let plain = ResponseHeader::build_no_case(404, Some(2)).unwrap();

@@ -135,12 +135,18 @@ impl HttpSession {
     /// Create a new http client session and apply peer options
     pub fn new_with_options<P: crate::upstreams::peer::Peer>(stream: Stream, peer: &P) -> Self {
         let mut session = Self::new(stream);
+        session.apply_peer_options(peer);
+        session
+    }
+
+    /// Switchyard: the peer's options of [Self::new_with_options] and
+    /// [Self::new_with_options_boxed], applied in place.
+    fn apply_peer_options<P: crate::upstreams::peer::Peer>(&mut self, peer: &P) {
         if let Some(options) = peer.get_peer_options() {
-            session.set_allow_h1_response_invalid_content_length(
+            self.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
         }
-        session
     }
 
     /// Switchyard: [Self::new_with_options], built in its box (boxing the
@@ -150,11 +156,7 @@ impl HttpSession {
         peer: &P,
     ) -> Box<Self> {
         let mut session = Box::new(Self::new(stream));
-        if let Some(options) = peer.get_peer_options() {
-            session.set_allow_h1_response_invalid_content_length(
-                options.allow_h1_response_invalid_content_length,
-            );
-        }
+        session.apply_peer_options(peer);
         session
     }
 
