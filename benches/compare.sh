@@ -19,6 +19,12 @@ use_release_profile
 # Two builds: the examples' dev-dependencies turn on framework features the
 # binary does not use, and built with them the binary's framework functions
 # would differ from those the optimization profile was recorded on.
-cargo build --release --locked --bin switchyard
+# The build's output is kept: it tells whether the profile still fits the
+# code (check_release_profile). Cached warnings are shown again on a build
+# that has nothing to do, so a fresh build is checked too.
+build_log=$(mktemp)
+trap 'rm -f "$build_log"' EXIT
+cargo build --release --locked --bin switchyard 2>&1 | tee "$build_log"
+check_release_profile "$build_log"
 cargo build --release --locked --example pingora-floor --example loadgen
-exec python3 benches/compare.py --bin-dir target/release "$@"
+python3 benches/compare.py --bin-dir target/release "$@"

@@ -34,5 +34,7 @@ python3 benches/compare.py --train --duration 5 --bin-dir target/pgo-generate/re
 mkdir -p benches/pgo
 "$profdata" merge --sparse -o benches/pgo/switchyard.profdata "$raw"/*.profraw
 rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p' > benches/pgo/llvm-version
+# The dependencies the profile was recorded with (check_release_profile).
+sha256sum Cargo.lock | cut -d' ' -f1 > benches/pgo/cargo-lock.sha256
 echo "benches/pgo/switchyard.profdata: $(du -h benches/pgo/switchyard.profdata | cut -f1)," \
     "LLVM $(cat benches/pgo/llvm-version)"

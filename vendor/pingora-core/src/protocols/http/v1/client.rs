@@ -343,9 +343,11 @@ impl HttpSession {
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
                         // Without a case map: one is kept below only if a name
-                        // is spelled its own way.
+                        // is spelled its own way. A complete parse always has a
+                        // status code; were one missing, 0 is refused as an
+                        // invalid status like any other, without a panic.
                         let mut response_header = match ResponseHeader::build_no_case_boxed(
-                            resp.code.unwrap(),
+                            resp.code.unwrap_or(0),
                             Some(resp.headers.len()),
                         ) {
                             Ok(header) => header,
