@@ -3,9 +3,9 @@
 
 Every proxy does the same plain forwarding to the same cheap upstream, with
 one worker, pinned to CPU 0; the load generator and the upstream share
-CPU 1, so the numbers read as "per core". Proxies take turns within each
-round (A B C D, A B C D, ...) and the median over rounds is reported, with
-the ratio of Switchyard to each peer.
+CPU 1, so the numbers read as "per core". Proxies take turns on each
+scenario (A B C D, A B C D, ..., the order rotated every round) and the
+median over rounds is reported, with the ratio of Switchyard to each peer.
 
 Run it through benches/compare.sh, which installs the tools and builds the
 binaries. Results go to benches/results/latest.{md,json}.
@@ -299,11 +299,13 @@ backend be
              f"127.0.0.1:{https}", SNI, str(self.idle_conns), "30"],
             stdout=subprocess.PIPE, text=True,
         )
-        line = holder.stdout.readline()
-        time.sleep(1.0)
-        during = rss_kib(proc.pids())
-        holder.kill()
-        holder.wait()
+        try:
+            line = holder.stdout.readline()
+            time.sleep(1.0)
+            during = rss_kib(proc.pids())
+        finally:
+            holder.kill()
+            holder.wait()
         opened = json.loads(line)["open"] if line.strip() else 0
         return {
             "open": opened,
@@ -366,27 +368,51 @@ backend be
     # ------------------------------------------------------------------ run
 
     def run_comparison(self, proxies):
+        """Every scenario, the proxies taking turns on each (A B C D for one
+        scenario, then A B C D for the next), the order rotated every round.
+
+        All of a round's proxies run at once, only one loaded at a time; the
+        others idle on the same core. So one proxy's measurement of a scenario
+        is at most a few of its neighbours' runs away from another's, and a
+        drift of the machine's speed (a VM's neighbours come and go within
+        minutes) lands on all of them, not on whichever ran last; rotating the
+        order keeps any one proxy from always going first or last.
+        """
         results = {p: {} for p in proxies}
         rate = 2000 if self.quick else 10000
+
+        def add(name, key, value):
+            results[name].setdefault(key, []).append(value)
+
         for r in range(self.rounds):
-            for name in proxies:
-                proc, http, https = self.start_proxy(name)
-                try:
-                    for key, run in self.scenarios(http, https).items():
-                        m = self.measured(proc, run)
-                        results[name].setdefault(key, []).append(m["value"])
-                        results[name].setdefault(f"{key}_cpu_busy", []).append(m["cpu_busy"])
+            order = proxies[r % len(proxies):] + proxies[:r % len(proxies)]
+            running = {}
+            try:
+                for name in order:
+                    running[name] = self.start_proxy(name)
+                keys = list(self.scenarios(0, 0))
+                for key in keys:
+                    for name in order:
+                        proc, http, https = running[name]
+                        m = self.measured(proc, self.scenarios(http, https)[key])
+                        add(name, key, m["value"])
+                        add(name, f"{key}_cpu_busy", m["cpu_busy"])
                         if m["per_cpu_s"] is not None:
-                            results[name].setdefault(f"{key}_per_cpu_s", []).append(m["per_cpu_s"])
+                            add(name, f"{key}_per_cpu_s", m["per_cpu_s"])
+                for name in order:
+                    _, http, _ = running[name]
                     lat = self.latency(f"http://127.0.0.1:{http}/small", rate)
-                    results[name].setdefault("latency_p50_us", []).append(lat["p50_us"])
-                    results[name].setdefault("latency_p99_us", []).append(lat["p99_us"])
+                    add(name, "latency_p50_us", lat["p50_us"])
+                    add(name, "latency_p99_us", lat["p99_us"])
+                for name in order:
+                    proc, _, https = running[name]
                     mem = self.idle_memory(proc, https)
-                    results[name].setdefault("idle_tls_kib_per_conn", []).append(mem["kib_per_conn"])
-                    results[name].setdefault("idle_tls_rss_mib", []).append(mem["rss_idle_mib"])
-                finally:
+                    add(name, "idle_tls_kib_per_conn", mem["kib_per_conn"])
+                    add(name, "idle_tls_rss_mib", mem["rss_idle_mib"])
+            finally:
+                for proc, _, _ in running.values():
                     self.stop(proc)
-                print(f"round {r + 1}/{self.rounds}: {name} done", file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{self.rounds} done (order: {' '.join(order)})", file=sys.stderr, flush=True)
         return {p: {k: statistics.median(v) for k, v in m.items()} for p, m in results.items()}
 
     def run_cost_curves(self):
@@ -487,11 +513,16 @@ backend be
             load = subprocess.Popen(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64",
                                      f"-d{self.duration}s", *shop, f"http://127.0.0.1:{http}/small"],
                                     stdout=subprocess.PIPE, text=True)
-            time.sleep(self.duration / 3)
-            os.kill(p.proc.pid, signal.SIGHUP)
-            for url in scrapes * 5:
-                subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
-            out, _ = load.communicate()
+            with load:
+                try:
+                    time.sleep(self.duration / 3)
+                    os.kill(p.proc.pid, signal.SIGHUP)
+                    for url in scrapes * 5:
+                        subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
+                    out, _ = load.communicate()
+                except BaseException:
+                    load.kill()
+                    raise
             if load.returncode != 0 or "Non-2xx" in out:
                 raise RuntimeError(f"canary load failed:\n{out}")
             return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -643,12 +674,15 @@ def main():
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--out", default="benches/results")
     ap.add_argument("--quick", action="store_true", help="one short round: checks the harness works")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--train", action="store_true",
                     help="run the optimization profile's workload against BIN_DIR/switchyard (benches/pgo.sh)")
     args = ap.parse_args()
+    # A stopped run (SIGTERM, as from `kill` or a CI timeout) unwinds like
+    # Ctrl-C, so the cleanup below stops every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     if (os.cpu_count() or 1) < 2:
         sys.exit("the comparison needs at least two CPUs")
     bench = Bench(args)

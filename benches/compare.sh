@@ -4,7 +4,7 @@
 # release binaries, runs benches/compare.py and writes
 # benches/results/{latest,quick}.{md,json}.
 #
-#   benches/compare.sh            # full: 3 rounds of 10 s per scenario (~15 min)
+#   benches/compare.sh            # full: 5 rounds of 10 s per scenario (~25 min)
 #   benches/compare.sh --quick    # one short round (~2 min): checks the harness works
 #
 # Each proxy also runs once under valgrind's callgrind, which counts the
@@ -27,4 +27,8 @@ trap 'rm -f "$build_log"' EXIT
 cargo build --release --locked --bin switchyard 2>&1 | tee "$build_log"
 check_release_profile "$build_log"
 cargo build --release --locked --example pingora-floor --example loadgen
-python3 benches/compare.py --bin-dir target/release "$@"
+rm -f "$build_log"
+trap - EXIT
+# The harness replaces this shell, so a signal sent to this script reaches
+# it, and it stops what it started.
+exec python3 benches/compare.py --bin-dir target/release "$@"
