@@ -413,7 +413,8 @@ backend be
                 for proc, _, _ in running.values():
                     self.stop(proc)
             print(f"round {r + 1}/{self.rounds} done (order: {' '.join(order)})", file=sys.stderr, flush=True)
-        return {p: {k: statistics.median(v) for k, v in m.items()} for p, m in results.items()}
+        medians = {p: {k: statistics.median(v) for k, v in m.items()} for p, m in results.items()}
+        return medians, results
 
     def run_cost_curves(self):
         curves = {}
@@ -640,7 +641,33 @@ def table(results, keys, value, label):
     return rows
 
 
-def markdown(results, curves, meta):
+# Paired by round: each round measures the proxies one after the other on
+# the same scenario, so a round's ratio compares runs seconds apart.
+PAIRED = [(k + "_per_cpu_s", LABELS[k][0] + ", per busy core", True) for k in THROUGHPUT[:3]] + [
+    ("latency_p99_us", LABELS["latency_p99_us"][0], False)]
+
+
+def paired(per_round):
+    """Markdown rows: Switchyard's ratio to each peer in every round, the
+    median of those ratios, and in how many rounds the target held (a rate
+    at or above the peer's, a latency at or below)."""
+    # The floor's target is "within 5%", not "at or above": not counted here.
+    peers = [p for p in per_round if p not in ("switchyard", "pingora-floor")]
+    rows = ["| measure | peer | ratio in each round | median | rounds met |", "|---|---|---|---|---|"]
+    for key, label, higher in PAIRED:
+        ours = per_round["switchyard"].get(key, [])
+        for p in peers:
+            theirs = per_round[p].get(key, [])
+            if not ours or len(ours) != len(theirs):
+                continue
+            ratios = [a / b for a, b in zip(ours, theirs) if b]
+            met = sum(1 for r in ratios if (r >= 1.0 if higher else r <= 1.0))
+            rows.append(f"| {label} | {p} | {' '.join(f'{r:.2f}' for r in ratios)} | "
+                        f"{statistics.median(ratios):.2f} | {met} of {len(ratios)} |")
+    return rows
+
+
+def markdown(results, per_round, curves, meta):
     out = [f"# Load comparison ({meta['mode']})", "",
            f"One worker per proxy pinned to CPU {PROXY_CPU}; load generator and upstream on CPU {LOAD_CPU}. "
            f"{meta['rounds']} round(s) of {meta['duration']} s per scenario, median reported. "
@@ -655,6 +682,10 @@ def markdown(results, curves, meta):
     out += table(results, THROUGHPUT,
                  lambda r, k: f"{fmt(r.get(k + '_per_cpu_s'))} ({r.get(k + '_cpu_busy', 0) * 100:.0f}%)",
                  lambda k: k + "_per_cpu_s")
+    out += ["", "## Round by round", "",
+            "Switchyard's ratio to each peer within each round (the proxies take turns on a "
+            "scenario, so a round compares runs seconds apart), in the order the rounds ran.", ""]
+    out += paired(per_round)
     out += ["", "## Switchyard cost curves", "", "| measure | value |", "|---|---|"]
     for k, v in curves.items():
         out.append(f"| {k} | {f'{v:.3f}' if k.endswith('_ratio') else fmt(v)} |")
@@ -698,7 +729,7 @@ def main():
         bench.make_cert()
         bench.start_upstream()
         proxies = ["switchyard", "pingora-floor", "nginx", "haproxy"]
-        results = bench.run_comparison(proxies)
+        results, per_round = bench.run_comparison(proxies)
         for name in proxies:
             results[name]["instructions_per_request"] = bench.instructions(name)
             print(f"instructions: {name} done", file=sys.stderr, flush=True)
@@ -711,8 +742,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "quick" if args.quick else "latest"
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results, "curves": curves}, indent=2) + "\n")
-    md = markdown(results, curves, meta)
+    (out / f"{name}.json").write_text(json.dumps(
+        {"meta": meta, "results": results, "per_round": per_round, "curves": curves}, indent=2) + "\n")
+    md = markdown(results, per_round, curves, meta)
     (out / f"{name}.md").write_text(md)
     print(md)
 
