@@ -6,6 +6,7 @@ mod pki;
 
 mod acme;
 mod admin;
+mod bench_report;
 mod check;
 mod failover;
 mod hardening;
