@@ -180,6 +180,11 @@ pub fn hop_by_hop_names_and(
         return names;
     }
     for value in headers.get_all(CONNECTION) {
+        // The usual value (every nginx upstream sends it): names only a
+        // header the pass above listed, so no parsing.
+        if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
             let token = token.trim();
@@ -447,6 +452,31 @@ mod tests {
         assert_eq!(
             names,
             vec!["connection", "keep-alive", "te", "upgrade", "x-secret"]
+        );
+    }
+
+    #[test]
+    fn a_keep_alive_connection_field_skips_only_itself() {
+        // The lone `keep-alive` value, in any case: the names are the ones
+        // the full parse would give.
+        let h = map(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        assert_eq!(
+            hop_by_hop_names(&h, false).as_slice(),
+            &[CONNECTION, HeaderName::from_static("keep-alive")]
+        );
+        // A second `Connection` field is still read.
+        let h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "X-Secret"),
+            ("x-secret", "1"),
+        ]);
+        assert_eq!(
+            hop_by_hop_names(&h, false).as_slice(),
+            &[CONNECTION, HeaderName::from_static("x-secret")]
         );
     }
 

@@ -662,7 +662,7 @@ impl ProxyHttp for Proxy {
                 HeaderValue::from_str(&forwarded_for(&upstream_request.headers, &peer.to_string()))
                     .unwrap_or_else(|_| crate::headers::ip_value(peer))
             } else {
-                crate::headers::ip_value(peer)
+                peer_value(session, peer)
             }
         });
         // Cloning a header value shares its bytes; no copy for the common case.
@@ -880,6 +880,22 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     // reference count, not a second allocation.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The client's address as a header value: formatted on a connection's
+/// first request and kept in its socket digest, so the requests after it
+/// share the bytes instead of formatting and allocating them again.
+fn peer_value(session: &Session, peer: std::net::IpAddr) -> HeaderValue {
+    let Some(digest) = session.digest().and_then(|d| d.socket_digest.as_ref()) else {
+        return crate::headers::ip_value(peer);
+    };
+    match digest
+        .peer_addr_value
+        .get_or_init(|| (peer, crate::headers::ip_value(peer)))
+    {
+        (ip, value) if *ip == peer => value.clone(),
+        _ => crate::headers::ip_value(peer),
+    }
 }
 
 /// Eight values below 16, one per byte, as the lowercase hex digits

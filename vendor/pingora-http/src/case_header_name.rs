@@ -179,9 +179,9 @@ fn chunk_word(chunk: &[u8]) -> u64 {
 /// Write `header_name` the way a header without a case map spells it: the
 /// usual spelling of a common standard name, otherwise each dash-separated
 /// word with its first letter in uppercase (`X-Request-Id`).
-pub(crate) fn put_default_case(header_name: &HeaderName, buf: &mut impl bytes::BufMut) {
+pub(crate) fn put_default_case(header_name: &HeaderName, buf: &mut impl crate::WireBuf) {
     if let Some(titled) = titled_header_name_str(header_name) {
-        buf.put_slice(titled.as_bytes());
+        buf.put(titled.as_bytes());
         return;
     }
     // Switchyard: eight bytes at a time into a block written with one call
@@ -197,7 +197,7 @@ pub(crate) fn put_default_case(header_name: &HeaderName, buf: &mut impl bytes::B
         block[filled..filled + 8].copy_from_slice(&titled.to_le_bytes());
         filled += 8;
         if filled == block.len() {
-            buf.put_slice(&block);
+            buf.put(&block);
             filled = 0;
         }
     }
@@ -208,7 +208,7 @@ pub(crate) fn put_default_case(header_name: &HeaderName, buf: &mut impl bytes::B
         block[filled..filled + 8].copy_from_slice(&titled.to_le_bytes());
         filled += tail;
     }
-    buf.put_slice(&block[..filled]);
+    buf.put(&block[..filled]);
 }
 
 /// Whether `wire` is exactly how [`put_default_case`] writes `header_name`.

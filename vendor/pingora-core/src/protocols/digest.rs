@@ -88,6 +88,10 @@ pub struct SocketDigest {
     pub local_addr: OnceCell<Option<SocketAddr>>,
     /// Original destination address
     pub original_dst: OnceCell<Option<SocketAddr>>,
+    /// An address of the peer and its spelling as a header value
+    /// (`X-Forwarded-For`): made by the application on the connection's
+    /// first request, reused by the rest.
+    pub peer_addr_value: OnceCell<(std::net::IpAddr, http::HeaderValue)>,
 }
 
 impl SocketDigest {
@@ -98,6 +102,7 @@ impl SocketDigest {
             peer_addr: OnceCell::new(),
             local_addr: OnceCell::new(),
             original_dst: OnceCell::new(),
+            peer_addr_value: OnceCell::new(),
         }
     }
 
@@ -108,6 +113,7 @@ impl SocketDigest {
             peer_addr: OnceCell::new(),
             local_addr: OnceCell::new(),
             original_dst: OnceCell::new(),
+            peer_addr_value: OnceCell::new(),
         }
     }
 

@@ -1133,15 +1133,15 @@ pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
 
     // Request-Line
     let method = req.method.as_str().as_bytes();
-    buf.put_slice(method);
-    buf.put_u8(b' ');
+    buf.extend_from_slice(method);
+    buf.extend_from_slice(b" ");
 
     let path = req.raw_path();
     if request_target_has_forbidden_byte(path) {
         return None;
     }
-    buf.put_slice(path);
-    buf.put_u8(b' ');
+    buf.extend_from_slice(path);
+    buf.extend_from_slice(b" ");
 
     let version = match req.version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -1152,12 +1152,12 @@ pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
             return None; /*TODO: unsupported version */
         }
     };
-    buf.put_slice(version.as_bytes());
-    buf.put_slice(CRLF);
+    buf.extend_from_slice(version.as_bytes());
+    buf.extend_from_slice(CRLF);
 
     // headers
     req.header_to_h1_wire(&mut buf);
-    buf.put_slice(CRLF);
+    buf.extend_from_slice(CRLF);
     Some(buf)
 }
 

@@ -2172,24 +2172,24 @@ fn http_resp_header_to_buf(
             return Err(()); /*TODO: unsupported version */
         }
     };
-    buf.put_slice(version.as_bytes());
+    buf.extend_from_slice(version.as_bytes());
     let status = resp.status;
-    buf.put_slice(status.as_str().as_bytes());
-    buf.put_u8(b' ');
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
     let reason = resp.get_reason_phrase();
     if let Some(reason_buf) = reason {
-        buf.put_slice(reason_buf.as_bytes());
+        buf.extend_from_slice(reason_buf.as_bytes());
     }
-    buf.put_slice(CRLF);
+    buf.extend_from_slice(CRLF);
 
     // headers
     // TODO: style: make sure Server and Date headers are the first two
     resp.header_to_h1_wire(buf);
     if let Some(line) = connection {
-        buf.put_slice(line);
+        buf.extend_from_slice(line);
     }
 
-    buf.put_slice(CRLF);
+    buf.extend_from_slice(CRLF);
     Ok(())
 }
 
