@@ -4,18 +4,18 @@
 use crate::harness::repo_root;
 use std::process::Command;
 
-/// The rows `paired` makes of `per_round` (JSON, as the harness keeps it).
-fn paired_rows(per_round: &str) -> Vec<String> {
+/// What `script` prints, run with `benches/compare.py` importable as
+/// `compare` and `args` as its `sys.argv[1..]`.
+fn run_compare_py(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
         .current_dir(repo_root())
         // No bytecode cache written into the checkout.
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .args([
-            "-c",
-            "import json, sys; sys.path.insert(0, 'benches'); import compare; \
-             print('\\n'.join(compare.paired(json.loads(sys.argv[1]))))",
-            per_round,
-        ])
+        .arg("-c")
+        .arg(format!(
+            "import json, sys; sys.path.insert(0, 'benches'); import compare; {script}"
+        ))
+        .args(args)
         .output()
         .expect("python3");
     assert!(
@@ -23,10 +23,18 @@ fn paired_rows(per_round: &str) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rows `paired` makes of `per_round` (JSON, as the harness keeps it).
+fn paired_rows(per_round: &str) -> Vec<String> {
+    run_compare_py(
+        "print('\\n'.join(compare.paired(json.loads(sys.argv[1]))))",
+        &[per_round],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 #[test]
@@ -70,4 +78,16 @@ fn each_round_is_compared_with_its_own_runs_and_the_rounds_met_counted() {
         }"#,
     );
     assert_eq!(rows.len(), 2, "only the header: {rows:#?}");
+}
+
+#[test]
+fn every_scenario_the_harness_defines_is_run_and_reported() {
+    // The rounds run THROUGHPUT's names; a scenario missing from it would be
+    // defined and never measured.
+    let same = run_compare_py(
+        "b = compare.Bench.__new__(compare.Bench); \
+         print(list(b.scenarios(0, 0)) == compare.THROUGHPUT)",
+        &[],
+    );
+    assert_eq!(same.trim(), "True");
 }

@@ -63,6 +63,7 @@ impl WireBuf for Vec<u8> {
         self.extend_from_slice(s);
     }
 }
+
 pub use case_header_name::IntoCaseHeaderName;
 
 pub mod prelude {
