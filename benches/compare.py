@@ -661,6 +661,9 @@ def paired(per_round):
             if not ours or len(ours) != len(theirs):
                 continue
             ratios = [a / b for a, b in zip(ours, theirs) if b]
+            if not ratios:
+                # Nothing measured for the peer (every round 0): no ratio.
+                continue
             met = sum(1 for r in ratios if (r >= 1.0 if higher else r <= 1.0))
             rows.append(f"| {label} | {p} | {' '.join(f'{r:.2f}' for r in ratios)} | "
                         f"{statistics.median(ratios):.2f} | {met} of {len(ratios)} |")

@@ -78,6 +78,14 @@ fn each_round_is_compared_with_its_own_runs_and_the_rounds_met_counted() {
         }"#,
     );
     assert_eq!(rows.len(), 2, "only the header: {rows:#?}");
+    // A peer with nothing measured (0 in every round) has no ratio to give.
+    let rows = paired_rows(
+        r#"{
+            "switchyard": {"https_small_rps_per_cpu_s": [100, 90]},
+            "haproxy": {"https_small_rps_per_cpu_s": [0, 0]}
+        }"#,
+    );
+    assert_eq!(rows.len(), 2, "only the header: {rows:#?}");
 }
 
 #[test]
