@@ -272,6 +272,12 @@ fn first_h1_session(
         session.set_keepalive(Some(60));
     }
     session.set_keepalive_reuses_remaining(reuses);
+    // Switchyard: pipelined requests (RFC 9112 section 9.3.2) are answered
+    // one after another, in order. Off, a request sent before the answer
+    // to the one ahead of it was dropped with the connection, after an
+    // answer that promised to keep it. The setting passes to the
+    // connection's next sessions.
+    session.set_pipelining_enabled(true);
     session
 }
 
