@@ -1070,120 +1070,19 @@ async fn a_websocket_passes_through_the_https_listener() {
     }
 }
 
-/// Everything read until the proxy closes the connection, which it must
-/// do within 5 s.
-async fn until_closed(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
-    let mut reply = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut reply)).await;
-    assert!(matches!(read, Ok(Ok(_))), "closed after the last answer");
-    String::from_utf8_lossy(&reply).into_owned()
-}
-
-/// The bodies in `reply`, in order, each an upstream's name.
-fn names_in_order<'a>(reply: &str, names: &[&'a str]) -> Vec<&'a str> {
-    let mut found: Vec<(usize, &str)> = names
-        .iter()
-        .flat_map(|name| {
-            let body = format!("\r\n\r\n{name}\n");
-            let at: Vec<usize> = reply.match_indices(&body).map(|(at, _)| at).collect();
-            at.into_iter().map(move |at| (at, *name))
-        })
-        .collect();
-    found.sort_unstable();
-    found.into_iter().map(|(_, name)| name).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_requests_are_each_answered_in_order() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&format!(
-        "[[routes]]\nhost = \"a.test\"\nservice = \"blue\"\n\n\
-         [[routes]]\nhost = \"b.test\"\nservice = \"green\"\n\n\
-         [services.blue.pools.main]\nbackends = [\"{}\"]\n\n\
-         [services.green.pools.main]\nbackends = [\"{}\"]\n",
-        blue.addr, green.addr
-    ))
-    .await;
-
-    // Four requests in one write, to two services, with and without
-    // bodies; the first answer is the slowest. Each is answered, in the
-    // order asked, and each body reaches its upstream whole.
-    let (reply, closed) = exchange(
-        proxy.addr,
-        b"GET /slow?ms=200 HTTP/1.1\r\nHost: a.test\r\n\r\n\
-          POST /posted HTTP/1.1\r\nHost: b.test\r\nContent-Length: 5\r\n\r\nhello\
-          POST /chunked HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
-          GET /last HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(closed, "closed after the last answer: {reply:?}");
-    assert_eq!(answers(&reply), 4, "{reply:?}");
-    assert_eq!(
-        names_in_order(&reply, &["blue", "green"]),
-        ["blue", "green", "blue", "green"],
-        "{reply:?}"
-    );
-    let targets =
-        |up: &Upstream| -> Vec<String> { up.seen().into_iter().map(|s| s.target).collect() };
-    assert_eq!(targets(&blue), ["/slow?ms=200", "/chunked"]);
-    assert_eq!(targets(&green), ["/posted", "/last"]);
-    assert_eq!(green.seen()[0].headers["content-length"], "5");
-
-    // The next request sent while the one before it is still waiting on
-    // its upstream.
-    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
-    tcp.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: b.test\r\n\r\n")
-        .await
-        .expect("write");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    tcp.write_all(b"GET /after HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let reply = until_closed(&mut tcp).await;
-    assert_eq!(answers(&reply), 2, "{reply:?}");
-    assert_eq!(
-        names_in_order(&reply, &["blue", "green"]),
-        ["green", "blue"],
-        "{reply:?}"
-    );
-    assert_eq!(targets(&blue).last().map(String::as_str), Some("/after"));
-
-    // An answer the proxy makes itself (no route for the host) does not
-    // lose the request behind it.
-    let (reply, closed) = exchange(
-        proxy.addr,
-        b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
-          GET /found HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(closed, "{reply:?}");
-    assert_eq!(answers(&reply), 2, "{reply:?}");
-    assert!(reply.starts_with("HTTP/1.1 404"), "{reply:?}");
-    assert_eq!(names_in_order(&reply, &["blue", "green"]), ["blue"]);
-    assert_eq!(targets(&blue).last().map(String::as_str), Some("/found"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_requests_over_tls_are_each_answered() {
+async fn a_request_read_ahead_with_the_one_before_it_is_never_forwarded_unchecked() {
     let up = Upstream::start("app").await;
-    let (proxy, _ca) = https_proxy(up.addr, "", "").await;
-    let spec = crate::pki::ClientSpec {
-        sni: Some("shop.example.com"),
-        ..crate::pki::ClientSpec::default()
-    };
-    let mut tls = crate::pki::tls_connect(proxy.https.expect("https"), spec)
-        .await
-        .expect("handshake");
-    tls.write_all(
-        b"GET /one HTTP/1.1\r\nHost: shop.example.com\r\n\r\n\
-          POST /two HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: 3\r\n\r\nabc\
-          GET /three HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    // The second request's target has a space: refused (or never read),
+    // but never escaped and forwarded.
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
     )
-    .await
-    .expect("requests");
-    let reply = until_closed(&mut tls).await;
-    assert_eq!(answers(&reply), 3, "{reply:?}");
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(closed, "{reply:?}");
     let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
-    assert_eq!(targets, ["/one", "/two", "/three"]);
+    assert_eq!(targets, ["/first"]);
 }
