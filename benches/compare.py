@@ -198,7 +198,12 @@ http {{
     listen 127.0.0.1:{https} ssl http2 backlog=4096;
     ssl_certificate {self.cert}; ssl_certificate_key {self.key};
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location / {{
+      proxy_pass http://up; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;
+    }}
   }}
 }}
 """)
@@ -220,6 +225,12 @@ defaults
 frontend fe
   bind 127.0.0.1:{http}
   bind 127.0.0.1:{https} ssl crt {self.combined} alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  option forwardfor
+  unique-id-format %[uuid()]
+  unique-id-header X-Request-Id
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend be
 backend be
   server up {up}
