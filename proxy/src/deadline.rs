@@ -160,8 +160,9 @@ enum Phase {
         /// The request line so far, until it is complete and checked.
         line: Option<Vec<u8>>,
     },
-    /// Head done: a body, or waiting for the answer.
-    Body,
+    /// Head done: a body, or waiting for the answer (`answered`: its
+    /// head has gone out; later writes are the answer's body).
+    Body { answered: bool },
     /// After `101 Switching Protocols`: bytes, never timed.
     Tunnel,
 }
@@ -182,6 +183,9 @@ pub struct DeadlineStream {
     armed: Armed,
     /// Buffers were released during this wait for a head.
     released: bool,
+    /// The framework has begun reading a head ([`Peek::begin_head`]): the
+    /// next one it begins is a later request's.
+    started: bool,
     /// A head ended, or something was written, since the timer was last
     /// set between requests: the connection is not idle.
     busy: bool,
@@ -226,6 +230,7 @@ impl DeadlineStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Armed::Head,
             released: false,
+            started: false,
             busy: false,
             _counted: counted,
         }
@@ -423,45 +428,7 @@ impl AsyncRead for DeadlineStream {
                 if new.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
-                let mut bad = false;
-                let mut ended = false;
-                if let Phase::Head {
-                    tail,
-                    tail_len,
-                    line,
-                } = &mut this.phase
-                {
-                    bad = !check_request_line(line, new);
-                    ended = !bad && Self::head_ends(tail, tail_len, new);
-                }
-                if bad {
-                    this.refuse(cx, BAD_REQUEST_LINE);
-                    return Poll::Ready(Err(bad_line()));
-                }
-                if ended {
-                    // The usual case: a whole head in one read; no clock read.
-                    this.phase = Phase::Body;
-                    this.deadline = None;
-                    this.released = false;
-                    this.busy = true;
-                    if this.armed != Armed::Between {
-                        this.armed = Armed::No;
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                match this.deadline {
-                    // The first bytes of a keep-alive connection's next head.
-                    None => {
-                        this.deadline = Some(Instant::now() + this.limit);
-                        this.armed = Armed::No;
-                    }
-                    Some(d) if Instant::now() >= d => {
-                        this.refuse(cx, REQUEST_TIMEOUT);
-                        return Poll::Ready(Err(timed_out()));
-                    }
-                    Some(_) => {}
-                }
-                Poll::Ready(Ok(()))
+                Poll::Ready(this.take_head_bytes(cx, new))
             }
             // Timers are set only once the connection actually waits.
             Poll::Pending => match this.deadline {
@@ -512,6 +479,48 @@ impl AsyncWrite for DeadlineStream {
 }
 
 impl DeadlineStream {
+    /// Takes `new` bytes of the head being read: checks its request line,
+    /// notes whether the head ends in them, and starts its clock at its
+    /// first bytes. An error refuses the head (answered on the connection).
+    fn take_head_bytes(&mut self, cx: &mut Context<'_>, new: &[u8]) -> io::Result<()> {
+        let Phase::Head {
+            tail,
+            tail_len,
+            line,
+        } = &mut self.phase
+        else {
+            return Ok(());
+        };
+        if !check_request_line(line, new) {
+            self.refuse(cx, BAD_REQUEST_LINE);
+            return Err(bad_line());
+        }
+        if Self::head_ends(tail, tail_len, new) {
+            // The usual case: a whole head in one read; no clock read.
+            self.phase = Phase::Body { answered: false };
+            self.deadline = None;
+            self.released = false;
+            self.busy = true;
+            if self.armed != Armed::Between {
+                self.armed = Armed::No;
+            }
+            return Ok(());
+        }
+        match self.deadline {
+            // The first bytes of a keep-alive connection's next head.
+            None => {
+                self.deadline = Some(Instant::now() + self.limit);
+                self.armed = Armed::No;
+            }
+            Some(d) if Instant::now() >= d => {
+                self.refuse(cx, REQUEST_TIMEOUT);
+                return Err(timed_out());
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// Waits for the rest of a head that must be complete by `deadline`
     /// (the first one on a connection, or one that came in pieces): the
     /// buffers are released `RELEASE_AFTER` into the wait, then the
@@ -605,10 +614,13 @@ impl DeadlineStream {
         }
     }
 
-    /// A response head going out ends the request: the next bytes read
-    /// start the next head (or a tunnel, after 101).
+    /// A `101 Switching Protocols` answer going out makes the connection a
+    /// tunnel. Other answers change nothing here: the next head starts
+    /// when the framework begins reading it ([`Peek::begin_head`]), since
+    /// bytes read after an answer may still be its request's body, or a
+    /// later request read ahead.
     fn note_write(&mut self, data: &[u8]) {
-        if !matches!(self.phase, Phase::Body) {
+        if !matches!(self.phase, Phase::Body { answered: false }) {
             return;
         }
         let Some(status) = data
@@ -621,13 +633,7 @@ impl DeadlineStream {
             Some(b'1') if status.starts_with(b"101") => self.phase = Phase::Tunnel,
             // 100 Continue and friends: the request is still coming.
             Some(b'1') => {}
-            Some(_) => {
-                self.phase = Phase::new_head();
-                self.deadline = None;
-                if self.armed != Armed::Between {
-                    self.armed = Armed::No;
-                }
-            }
+            Some(_) => self.phase = Phase::Body { answered: true },
             None => {}
         }
     }
@@ -709,6 +715,30 @@ impl Peek for DeadlineStream {
     /// them wakes the read), not at every wait of a busy connection.
     fn idle_buffers_released(&self) -> bool {
         self.released
+    }
+
+    /// The framework begins a head: a later request's starts afresh (its
+    /// clock from its first byte); the connection's first keeps the clock
+    /// started at the accept. Bytes of it read ahead with the request
+    /// before it are taken as read now: checked, and its clock started.
+    fn begin_head(&mut self, buffered: &[u8]) -> io::Result<()> {
+        if matches!(self.phase, Phase::Tunnel) {
+            return Ok(());
+        }
+        if self.started {
+            self.phase = Phase::new_head();
+            self.deadline = None;
+            if self.armed != Armed::Between {
+                self.armed = Armed::No;
+            }
+        }
+        self.started = true;
+        if buffered.is_empty() {
+            return Ok(());
+        }
+        // The refusal is written without waiting, as from a read.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.take_head_bytes(&mut cx, buffered)
     }
 }
 

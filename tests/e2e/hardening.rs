@@ -1070,19 +1070,348 @@ async fn a_websocket_passes_through_the_https_listener() {
     }
 }
 
+/// Everything read until the proxy closes the connection, which it must
+/// do within 5 s.
+async fn until_closed(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut reply)).await;
+    assert!(matches!(read, Ok(Ok(_))), "closed after the last answer");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// The bodies in `reply`, in order, each an upstream's name.
+fn names_in_order<'a>(reply: &str, names: &[&'a str]) -> Vec<&'a str> {
+    let mut found: Vec<(usize, &str)> = names
+        .iter()
+        .flat_map(|name| {
+            let body = format!("\r\n\r\n{name}\n");
+            let at: Vec<usize> = reply.match_indices(&body).map(|(at, _)| at).collect();
+            at.into_iter().map(move |at| (at, *name))
+        })
+        .collect();
+    found.sort_unstable();
+    found.into_iter().map(|(_, name)| name).collect()
+}
+
+/// The targets an upstream was asked for, in order.
+fn targets(up: &Upstream) -> Vec<String> {
+    up.seen().into_iter().map(|s| s.target).collect()
+}
+
+/// Two services by host, `a.test` (blue) and `b.test` (green); other hosts
+/// have no route.
+fn two_hosts(blue: &Upstream, green: &Upstream, http: &str) -> String {
+    format!(
+        "{http}\n[[routes]]\nhost = \"a.test\"\nservice = \"blue\"\n\n\
+         [[routes]]\nhost = \"b.test\"\nservice = \"green\"\n\n\
+         [services.blue]\nread_timeout = \"5s\"\n\n\
+         [services.blue.pools.main]\nbackends = [\"{}\"]\n\n\
+         [services.green.pools.main]\nbackends = [\"{}\"]\n",
+        blue.addr, green.addr
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_read_ahead_with_the_one_before_it_is_never_forwarded_unchecked() {
+async fn pipelined_requests_are_each_answered_in_order() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&two_hosts(&blue, &green, "")).await;
+
+    // Four requests in one write, to two services, with and without
+    // bodies; the first answer is the slowest. Each is answered, in the
+    // order asked, and each body reaches its upstream whole.
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET /slow?ms=200 HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          POST /posted HTTP/1.1\r\nHost: b.test\r\nContent-Length: 5\r\n\r\nhello\
+          POST /chunked HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /last HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "closed after the last answer: {reply:?}");
+    assert_eq!(answers(&reply), 4, "{reply:?}");
+    assert_eq!(
+        names_in_order(&reply, &["blue", "green"]),
+        ["blue", "green", "blue", "green"],
+        "{reply:?}"
+    );
+    assert_eq!(targets(&blue), ["/slow?ms=200", "/chunked"]);
+    assert_eq!(targets(&green), ["/posted", "/last"]);
+    assert_eq!(green.seen()[0].headers["content-length"], "5");
+
+    // The next request sent while the one before it is still waiting on
+    // its upstream.
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    tcp.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(b"GET /after HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let reply = until_closed(&mut tcp).await;
+    assert_eq!(answers(&reply), 2, "{reply:?}");
+    assert_eq!(
+        names_in_order(&reply, &["blue", "green"]),
+        ["green", "blue"],
+        "{reply:?}"
+    );
+    assert_eq!(targets(&blue).last().map(String::as_str), Some("/after"));
+
+    // An answer the proxy makes itself (no route for the host) does not
+    // lose the request behind it.
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
+          GET /found HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "{reply:?}");
+    assert_eq!(answers(&reply), 2, "{reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply:?}");
+    assert_eq!(names_in_order(&reply, &["blue", "green"]), ["blue"]);
+    assert_eq!(targets(&blue).last().map(String::as_str), Some("/found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_over_tls_are_each_answered() {
+    let up = Upstream::start("app").await;
+    let (proxy, _ca) = https_proxy(up.addr, "", "").await;
+    let spec = crate::pki::ClientSpec {
+        sni: Some("shop.example.com"),
+        ..crate::pki::ClientSpec::default()
+    };
+    let mut tls = crate::pki::tls_connect(proxy.https.expect("https"), spec)
+        .await
+        .expect("handshake");
+    tls.write_all(
+        b"GET /one HTTP/1.1\r\nHost: shop.example.com\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: 3\r\n\r\nabc\
+          GET /three HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("requests");
+    let reply = until_closed(&mut tls).await;
+    assert_eq!(answers(&reply), 3, "{reply:?}");
+    assert_eq!(targets(&up), ["/one", "/two", "/three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_pipelined_requests_longer_than_one_read_is_answered_whole() {
     let up = Upstream::start("app").await;
     let proxy = Proxy::start(&body(up.addr, "")).await;
-    // The second request's target has a space: refused (or never read),
-    // but never escaped and forwarded.
+    // 300 requests, about 24 KiB in one write: the proxy reads them in
+    // several pieces, each starting anywhere in a head.
+    let count = 300;
+    let mut batch = String::new();
+    let mut want = Vec::new();
+    for i in 0..count {
+        let close = if i + 1 == count {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        batch.push_str(&format!(
+            "GET /r{i} HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n{close}\r\n",
+            "p".repeat(20 + i % 40)
+        ));
+        want.push(format!("/r{i}"));
+    }
+    assert!(batch.len() > 20_000, "{}", batch.len());
+    let (reply, closed) = exchange(proxy.addr, batch.as_bytes()).await;
+    assert!(closed, "closed after the last answer");
+    assert_eq!(answers(&reply), count, "{reply:?}");
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), count, "{reply:?}");
+    assert_eq!(targets(&up), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_behind_a_large_body_is_answered_and_the_body_never_read_as_one() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    // A 300 KB body made of request heads, then a request: the body is
+    // forwarded whole, nothing in it runs, and the request behind it is
+    // answered.
+    let fake = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let payload = fake.repeat(300_000 / fake.len());
+    for framing in ["length", "chunked"] {
+        let mut raw = match framing {
+            "length" => format!(
+                "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{payload}",
+                payload.len()
+            ),
+            _ => format!(
+                "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {:x}\r\n{payload}\r\n0\r\n\r\n",
+                payload.len()
+            ),
+        };
+        raw.push_str("GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let (reply, closed) = exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(closed, "{framing}: {reply:?}");
+        assert_eq!(answers(&reply), 2, "{framing}: {reply:?}");
+        assert_eq!(
+            reply.matches("HTTP/1.1 200").count(),
+            2,
+            "{framing}: {reply:?}"
+        );
+    }
+    assert_eq!(targets(&up), ["/upload", "/after", "/upload", "/after"]);
+    assert_eq!(
+        up.seen()[0].headers["content-length"],
+        payload.len().to_string().as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_slower_than_the_keepalive_timeout_is_answered() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&two_hosts(
+        &blue,
+        &green,
+        "[http]\nkeepalive_timeout = \"1s\"\n",
+    ))
+    .await;
+    // Both requests come at once; each answer takes longer than the idle
+    // time a kept-alive connection is allowed between requests. The
+    // second was read ahead: the proxy is busy with it, not idle.
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET /slow?ms=1500 HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          GET /slow?ms=1500 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "{reply:?}");
+    assert_eq!(answers(&reply), 2, "{reply:?}");
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply:?}");
+    assert_eq!(blue.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_proxy_answers_without_forwarding_is_never_read_as_a_request() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&two_hosts(&blue, &green, "")).await;
+    // A POST to a host with no route is answered by the proxy, its body
+    // (a request head) unread, with a request pipelined behind it: the
+    // answer says the connection closes, and it does, so nothing after
+    // the unread body is taken for a request.
+    let fake = "GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    for framing in [
+        format!("Content-Length: {}\r\n\r\n{fake}", fake.len()),
+        format!(
+            "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{fake}\r\n0\r\n\r\n",
+            fake.len()
+        ),
+    ] {
+        let raw = format!(
+            "POST / HTTP/1.1\r\nHost: nowhere.test\r\n{framing}\
+             GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        );
+        let (reply, closed) = exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(closed, "{reply:?}");
+        assert!(reply.starts_with("HTTP/1.1 404"), "{reply:?}");
+        assert!(reply.contains("\r\nConnection: close\r\n"), "{reply:?}");
+        assert_eq!(answers(&reply), 1, "{reply:?}");
+    }
+    assert_eq!(blue.hits(), 0, "{:?}", targets(&blue));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_head_is_checked_and_timed_like_any_other() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "[http]\nheader_timeout = \"2s\"\n")).await;
+    // The second request's target has a space: refused with a 400 after
+    // the first is answered, never escaped and forwarded.
     let (reply, closed) = exchange(
         proxy.addr,
         b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
     )
     .await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     assert!(closed, "{reply:?}");
-    let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
-    assert_eq!(targets, ["/first"]);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(answers(&reply), 2, "{reply:?}");
+    assert!(
+        reply.contains("HTTP/1.1 400 Bad Request\r\n"),
+        "the second refused: {reply:?}"
+    );
+    assert_eq!(targets(&up), ["/first"]);
+
+    // The second request's head is read ahead in part, and the rest never
+    // comes: cut off at the header timeout, counted from when its first
+    // bytes were read.
+    let started = std::time::Instant::now();
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET /second HTTP/1.1\r\nHost: a\r\n\r\nGET /third HTTP/1.1\r\nHo",
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(closed, "{reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(
+        reply.contains("HTTP/1.1 408 Request Timeout\r\n"),
+        "told why: {reply:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "cut off at about 2 s, took {took:?}"
+    );
+    assert_eq!(targets(&up), ["/first", "/second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_on_pipelined_requests() {
+    let up = Upstream::start("app").await;
+    let limits = "[http]\nmax_header_bytes = 4096\nmax_headers = 20\nmax_uri_bytes = 256\nmax_body_bytes = 1000\n";
+    let proxy = Proxy::start(&body(up.addr, limits)).await;
+    let big = "x".repeat(5000);
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long = "a".repeat(300);
+    let chunk = "y".repeat(600);
+    let cases = [
+        (
+            "431",
+            format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n"),
+        ),
+        (
+            "431",
+            format!("GET /many HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+        ),
+        ("414", format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n")),
+        (
+            "413",
+            "POST /length HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n".to_string(),
+        ),
+        (
+            "413",
+            format!(
+                "POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+            ),
+        ),
+    ];
+    for (status, over) in &cases {
+        // Behind a request within the limits, and followed by one that
+        // must never run.
+        let raw = format!(
+            "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n{over}GET /never HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+        let (reply, closed) = exchange(proxy.addr, raw.as_bytes()).await;
+        assert!(closed, "{status}: {reply:?}");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{status}: {reply:?}");
+        assert_eq!(answers(&reply), 2, "{status}: {reply:?}");
+        assert!(
+            reply.contains(&format!("\nHTTP/1.1 {status} ")),
+            "{status}: {reply:?}"
+        );
+    }
+    // A chunked body is forwarded as it comes, until it grows past the
+    // limit; no other request over a limit, and nothing behind one, ran.
+    let seen: Vec<String> = targets(&up)
+        .into_iter()
+        .filter(|t| t != "/chunked")
+        .collect();
+    assert_eq!(seen, vec!["/ok"; cases.len()]);
 }

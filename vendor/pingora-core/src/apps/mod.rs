@@ -272,13 +272,15 @@ fn first_h1_session(
         session.set_keepalive(Some(60));
     }
     session.set_keepalive_reuses_remaining(reuses);
-    // Switchyard: pipelining (`set_pipelining_enabled`) stays off. The
-    // proxy's `DeadlineStream` checks request lines and times heads on the
-    // bytes it reads from the socket; a request parsed from bytes already
-    // read past the one before it would pass neither check (a target with
-    // a space was forwarded escaped), and a batch longer than one read had
-    // its next read taken for a request line (a false 400). With it off, a
-    // pipelined request closes the connection after the answer before it.
+    // Switchyard: pipelined requests (RFC 9112 section 9.3.2) are answered
+    // one after another, in order. Off, a request sent before the answer
+    // to the one ahead of it was dropped with the connection, after an
+    // answer that promised to keep it. The setting passes to the
+    // connection's next sessions. A head read ahead with the request
+    // before it is handed to the stream when its session begins reading
+    // it (`Peek::begin_head`), so the proxy's head checks see it as if
+    // read then.
+    session.set_pipelining_enabled(true);
     session
 }
 

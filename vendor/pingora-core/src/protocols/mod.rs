@@ -109,6 +109,17 @@ pub trait Peek {
         false
     }
 
+    /// Switchyard: a request head begins on this connection. `buffered` is
+    /// what of it was read already, with the request before it (a
+    /// pipelined request, RFC 9112 section 9.3.2), and is not read from
+    /// this stream again. A stream that checks and times heads as they are
+    /// read (the proxy's head deadline) takes these bytes as read now, so
+    /// a pipelined head is checked and timed like any other; an error
+    /// refuses the head (the stream has answered it). No-op by default.
+    fn begin_head(&mut self, _buffered: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Switchyard: read into `buf` without waiting and without leaving a
     /// waker behind, for a check of an idle connection: `Some(Pending)`
     /// when nothing can be read now, `Some(Ready(..))` with what a read

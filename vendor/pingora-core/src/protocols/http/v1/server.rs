@@ -354,6 +354,14 @@ impl HttpSession {
         // emptied (`spare_head_buffer`): room to read into. Without one,
         // `read_buf_lazy` allocates room when a read needs it.
         let mut buf = self.pipelined_prefix.take().unwrap_or_default();
+        // Switchyard: the stream checks and times heads as it reads them; a
+        // head read ahead with the request before it is handed to it here.
+        // Refused, the stream has answered: the connection ends quietly, as
+        // when a head's first read is refused.
+        if let Err(e) = self.underlying_stream.begin_head(&buf) {
+            debug!("request head refused: {e}");
+            return Ok(None);
+        }
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
