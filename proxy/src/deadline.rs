@@ -157,8 +157,9 @@ enum Phase {
         /// The last bytes read, to find a blank line split across reads.
         tail: [u8; 3],
         tail_len: usize,
-        /// The request line so far, until it is complete and checked.
-        line: Option<Vec<u8>>,
+        /// The request line, until it is complete and checked: the head
+        /// ends at the first empty line after it.
+        line: Line,
     },
     /// Head done: a body, or waiting for the answer (`answered`: its
     /// head has gone out; later writes are the answer's body).
@@ -183,6 +184,8 @@ pub struct DeadlineStream {
     armed: Armed,
     /// Buffers were released during this wait for a head.
     released: bool,
+    /// The part of a refusal the connection did not take at once.
+    unsent: &'static [u8],
     /// The framework has begun reading a head ([`Peek::begin_head`]): the
     /// next one it begins is a later request's.
     started: bool,
@@ -230,13 +233,17 @@ impl DeadlineStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Armed::Head,
             released: false,
+            unsent: &[],
             started: false,
             busy: false,
             _counted: counted,
         }
     }
 
-    /// Notes `new` bytes of a head; whether the head ended in them.
+    /// Notes `new` bytes of a head, after its request line; whether the
+    /// head ended in them: an empty line, its line feed after a line feed
+    /// or after a line feed and a carriage return (the parser takes a bare
+    /// line feed for a line's end, as RFC 9112 section 2.2 allows).
     fn head_ends(tail: &mut [u8; 3], tail_len: &mut usize, new: &[u8]) -> bool {
         // The usual case: a whole head, alone in its read.
         if new.ends_with(b"\r\n\r\n") {
@@ -247,10 +254,11 @@ impl DeadlineStream {
         let head = new.len().min(3);
         edge[..*tail_len].copy_from_slice(&tail[..*tail_len]);
         edge[*tail_len..*tail_len + head].copy_from_slice(&new[..head]);
-        if edge[..*tail_len + head]
-            .windows(4)
-            .any(|w| w == b"\r\n\r\n")
-            || blank_line().find(new).is_some()
+        let across = &edge[..*tail_len + head];
+        if across.windows(3).any(|w| w == b"\n\r\n")
+            || across.windows(2).any(|w| w == b"\n\n")
+            || empty_line().find(new).is_some()
+            || memchr::memmem::find(new, b"\n\n").is_some()
         {
             return true;
         }
@@ -269,12 +277,13 @@ impl DeadlineStream {
     }
 }
 
-/// The searcher for the blank line that ends a head, built once: building
-/// one per search (`memmem::find`) costs more than searching a short head.
-fn blank_line() -> &'static memchr::memmem::Finder<'static> {
+/// The searcher for the empty line that ends a head (its CRLF form), built
+/// once: building one per search (`memmem::find`) costs more than
+/// searching a short head.
+fn empty_line() -> &'static memchr::memmem::Finder<'static> {
     static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
         std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"))
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\n\r\n"))
 }
 
 fn timed_out() -> io::Error {
@@ -290,6 +299,8 @@ fn bad_line() -> io::Error {
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 54\r\nConnection: close\r\n\r\n408 Request Timeout: the request head came too slowly\n";
 const BAD_REQUEST_LINE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\n400 Bad Request: malformed request line\n";
+/// How long the rest of a refusal may take to write at shutdown.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// Request lines longer than this are left to the target length limit.
 const MAX_CHECKED_LINE: usize = 16 * 1024;
 
@@ -298,43 +309,87 @@ impl Phase {
         Phase::Head {
             tail: [0; 3],
             tail_len: 0,
-            line: Some(Vec::new()),
+            line: Line::Reading(Vec::new()),
         }
     }
 }
 
-/// Feeds `new` head bytes to the request-line check; false when the line
-/// is complete and malformed. The whole line in one read (the usual case)
-/// is checked in place; a line split across reads is gathered first.
-fn check_request_line(line: &mut Option<Vec<u8>>, mut new: &[u8]) -> bool {
-    while let Some(partial) = line.as_mut() {
-        let Some(end) = memchr::memchr(b'\n', new) else {
-            partial.extend_from_slice(new);
-            if partial.len() > MAX_CHECKED_LINE {
-                *line = None;
+/// Where a head's request line is.
+#[derive(Debug)]
+enum Line {
+    /// Not complete: what of it has come (split across reads), after any
+    /// blank lines before it.
+    Reading(Vec<u8>),
+    /// Longer than `MAX_CHECKED_LINE`: left to the target length limit,
+    /// its end still to come.
+    Unchecked,
+    /// Complete and checked.
+    Done,
+}
+
+/// What new head bytes held of the request line.
+#[derive(Debug, PartialEq, Eq)]
+enum LineEnd {
+    /// Its end, well formed: the rest of the head starts at this offset.
+    At(usize),
+    /// Its end, malformed.
+    Bad,
+    /// Not its end.
+    NotYet,
+    /// It had ended before them.
+    Before,
+}
+
+/// Feeds `new` head bytes to the request-line check. The whole line in
+/// one read (the usual case) is checked in place; a line split across
+/// reads is gathered first. Blank lines before it are skipped (RFC 9112
+/// section 2.2): they do not end the head.
+fn check_request_line(line: &mut Line, new: &[u8]) -> LineEnd {
+    let mut at = 0;
+    loop {
+        let rest = &new[at..];
+        let partial = match line {
+            Line::Done => return LineEnd::Before,
+            Line::Unchecked => {
+                return match memchr::memchr(b'\n', rest) {
+                    Some(end) => {
+                        *line = Line::Done;
+                        LineEnd::At(at + end + 1)
+                    }
+                    None => LineEnd::NotYet,
+                };
             }
-            return true;
+            Line::Reading(partial) => partial,
+        };
+        let Some(end) = memchr::memchr(b'\n', rest) else {
+            partial.extend_from_slice(rest);
+            if partial.len() > MAX_CHECKED_LINE {
+                *line = Line::Unchecked;
+            }
+            return LineEnd::NotYet;
         };
         if !partial.is_empty() {
-            partial.extend_from_slice(&new[..end]);
+            partial.extend_from_slice(&rest[..end]);
         }
         let whole: &[u8] = if partial.is_empty() {
-            &new[..end]
+            &rest[..end]
         } else {
             partial
         };
         let text = whole.strip_suffix(b"\r").unwrap_or(whole);
         if text.is_empty() {
-            // Blank lines before a request are tolerated (RFC 9112 2.2).
             partial.clear();
-            new = &new[end + 1..];
+            at += end + 1;
             continue;
         }
         let ok = valid_request_line(text);
-        *line = None;
-        return ok;
+        *line = Line::Done;
+        return if ok {
+            LineEnd::At(at + end + 1)
+        } else {
+            LineEnd::Bad
+        };
     }
-    true
 }
 
 /// `METHOD SP TARGET SP HTTP/1.x`: a token, a target with no spaces,
@@ -491,11 +546,22 @@ impl DeadlineStream {
         else {
             return Ok(());
         };
-        if !check_request_line(line, new) {
-            self.refuse(cx, BAD_REQUEST_LINE);
-            return Err(bad_line());
-        }
-        if Self::head_ends(tail, tail_len, new) {
+        // The head ends at the first empty line after the request line.
+        let after = match check_request_line(line, new) {
+            LineEnd::Bad => {
+                self.refuse(cx, BAD_REQUEST_LINE);
+                return Err(bad_line());
+            }
+            LineEnd::NotYet => None,
+            LineEnd::Before => Some(new),
+            LineEnd::At(at) => {
+                // The line's own line feed starts the empty line's search.
+                tail[0] = b'\n';
+                *tail_len = 1;
+                Some(&new[at..])
+            }
+        };
+        if after.is_some_and(|rest| Self::head_ends(tail, tail_len, rest)) {
             // The usual case: a whole head in one read; no clock read.
             self.phase = Phase::Body { answered: false };
             self.deadline = None;
@@ -606,12 +672,18 @@ impl DeadlineStream {
         }
     }
 
-    /// Best effort: one write of a short refusal before the connection is
-    /// dropped (a client that does not read it loses nothing it needs).
-    fn refuse(&mut self, cx: &mut Context<'_>, answer: &[u8]) {
-        if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, answer) {
+    /// A short refusal, written now as far as the connection takes it
+    /// without waiting; what it does not take is written when the
+    /// connection is shut down (see [`Shutdown::shutdown`]).
+    fn refuse(&mut self, cx: &mut Context<'_>, answer: &'static [u8]) {
+        let written = match Pin::new(&mut self.inner).poll_write(cx, answer) {
+            Poll::Ready(Ok(n)) => n,
+            _ => 0,
+        };
+        if written > 0 {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
+        self.unsent = &answer[written..];
     }
 
     /// A `101 Switching Protocols` answer going out makes the connection a
@@ -641,8 +713,19 @@ impl DeadlineStream {
 
 #[async_trait]
 impl Shutdown for DeadlineStream {
+    /// Writes what a refusal could not write at once (a client that has
+    /// not read its earlier answers, pipelined), for up to
+    /// `REFUSAL_WRITE`, then shuts the connection down.
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await;
+        let unsent = std::mem::take(&mut self.unsent);
+        if !unsent.is_empty() {
+            let write = async {
+                tokio::io::AsyncWriteExt::write_all(&mut self.inner, unsent).await?;
+                tokio::io::AsyncWriteExt::flush(&mut self.inner).await
+            };
+            let _ = tokio::time::timeout(REFUSAL_WRITE, write).await;
+        }
+        Shutdown::shutdown(&mut *self.inner).await;
     }
 }
 
@@ -736,7 +819,8 @@ impl Peek for DeadlineStream {
         if buffered.is_empty() {
             return Ok(());
         }
-        // The refusal is written without waiting, as from a read.
+        // The refusal is written without waiting, as from a read; the rest
+        // of it when the framework shuts the refused connection down.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.take_head_bytes(&mut cx, buffered)
     }
@@ -801,16 +885,43 @@ mod tests {
 
     #[test]
     fn request_lines_across_reads() {
-        let mut line = Some(Vec::new());
-        assert!(check_request_line(&mut line, b"\r\nGET /a"));
-        assert!(check_request_line(&mut line, b"bc HTTP/1.1\r\nHost: a\r\n"));
-        assert!(line.is_none(), "checked");
-        let mut line = Some(Vec::new());
-        assert!(check_request_line(&mut line, b"GET /a"));
-        assert!(!check_request_line(&mut line, b" b HTTP/1.1\r\n"));
-        let mut line = Some(Vec::new());
-        assert!(check_request_line(&mut line, b"\r\n\r\nGET / HTTP/1.1\r\n"));
-        assert!(line.is_none());
+        let mut line = Line::Reading(Vec::new());
+        assert_eq!(
+            check_request_line(&mut line, b"\r\nGET /a"),
+            LineEnd::NotYet
+        );
+        assert_eq!(
+            check_request_line(&mut line, b"bc HTTP/1.1\r\nHost: a\r\n"),
+            LineEnd::At(13)
+        );
+        assert_eq!(check_request_line(&mut line, b"\r\n"), LineEnd::Before);
+        let mut line = Line::Reading(Vec::new());
+        assert_eq!(check_request_line(&mut line, b"GET /a"), LineEnd::NotYet);
+        assert_eq!(
+            check_request_line(&mut line, b" b HTTP/1.1\r\n"),
+            LineEnd::Bad
+        );
+        // Blank lines first: skipped, not taken for the head's end.
+        let mut line = Line::Reading(Vec::new());
+        assert_eq!(
+            check_request_line(&mut line, b"\r\n\r\nGET / HTTP/1.1\r\n"),
+            LineEnd::At(20)
+        );
+        let mut line = Line::Reading(Vec::new());
+        assert_eq!(check_request_line(&mut line, b"\r"), LineEnd::NotYet);
+        assert_eq!(check_request_line(&mut line, b"\n\n\r\n"), LineEnd::NotYet);
+        assert_eq!(
+            check_request_line(&mut line, b"GET /\"x HTTP/1.1\n"),
+            LineEnd::Bad
+        );
+        // Too long to check: its end is still found.
+        let mut line = Line::Reading(Vec::new());
+        let long = vec![b'a'; MAX_CHECKED_LINE + 1];
+        assert_eq!(check_request_line(&mut line, &long), LineEnd::NotYet);
+        assert_eq!(
+            check_request_line(&mut line, b"a HTTP/1.1\r\nH"),
+            LineEnd::At(12)
+        );
     }
 
     /// The byte tables say what the lists they were built from say.
@@ -868,5 +979,22 @@ mod tests {
         }
         assert!(!DeadlineStream::head_ends(&mut tail, &mut len, b"\r"));
         assert!(DeadlineStream::head_ends(&mut tail, &mut len, b"\n"));
+        // Bare line feeds, in one read and across reads.
+        let (mut tail, mut len) = ([0u8; 3], 0);
+        assert!(DeadlineStream::head_ends(
+            &mut tail,
+            &mut len,
+            b"Host: a\n\n"
+        ));
+        let (mut tail, mut len) = ([b'\n', 0, 0], 1);
+        assert!(!DeadlineStream::head_ends(
+            &mut tail,
+            &mut len,
+            b"Host: a\n"
+        ));
+        assert!(DeadlineStream::head_ends(&mut tail, &mut len, b"\nbody"));
+        // Right after the request line's own line feed.
+        let (mut tail, mut len) = ([b'\n', 0, 0], 1);
+        assert!(DeadlineStream::head_ends(&mut tail, &mut len, b"\r\n"));
     }
 }

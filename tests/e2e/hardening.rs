@@ -1098,6 +1098,15 @@ fn targets(up: &Upstream) -> Vec<String> {
     up.seen().into_iter().map(|s| s.target).collect()
 }
 
+/// Upstreams `blue` and `green`, and a proxy with `http` and
+/// [`two_hosts`]' routes to them.
+async fn two_host_proxy(http: &str) -> (Upstream, Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let proxy = Proxy::start(&two_hosts(&blue, &green, http)).await;
+    (blue, green, proxy)
+}
+
 /// Two services by host, `a.test` (blue) and `b.test` (green); other hosts
 /// have no route.
 fn two_hosts(blue: &Upstream, green: &Upstream, http: &str) -> String {
@@ -1113,9 +1122,7 @@ fn two_hosts(blue: &Upstream, green: &Upstream, http: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_each_answered_in_order() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&two_hosts(&blue, &green, "")).await;
+    let (blue, green, proxy) = two_host_proxy("").await;
 
     // Four requests in one write, to two services, with and without
     // bodies; the first answer is the slowest. Each is answered, in the
@@ -1265,14 +1272,7 @@ async fn a_pipelined_request_behind_a_large_body_is_answered_and_the_body_never_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_request_slower_than_the_keepalive_timeout_is_answered() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&two_hosts(
-        &blue,
-        &green,
-        "[http]\nkeepalive_timeout = \"1s\"\n",
-    ))
-    .await;
+    let (blue, _green, proxy) = two_host_proxy("[http]\nkeepalive_timeout = \"1s\"\n").await;
     // Both requests come at once; each answer takes longer than the idle
     // time a kept-alive connection is allowed between requests. The
     // second was read ahead: the proxy is busy with it, not idle.
@@ -1290,9 +1290,7 @@ async fn a_pipelined_request_slower_than_the_keepalive_timeout_is_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_the_proxy_answers_without_forwarding_is_never_read_as_a_request() {
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    let proxy = Proxy::start(&two_hosts(&blue, &green, "")).await;
+    let (blue, _green, proxy) = two_host_proxy("").await;
     // A POST to a host with no route is answered by the proxy, its body
     // (a request head) unread, with a request pipelined behind it: the
     // answer says the connection closes, and it does, so nothing after
@@ -1414,4 +1412,101 @@ async fn limits_hold_on_pipelined_requests() {
         .filter(|t| t != "/chunked")
         .collect();
     assert_eq!(seen, vec!["/ok"; cases.len()]);
+}
+
+/// Writes `first`, waits, writes `then`; returns all that came back until
+/// the proxy closed (within 5 s) and how long that took.
+async fn in_two_writes(
+    addr: std::net::SocketAddr,
+    first: &[u8],
+    then: &[u8],
+) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(first).await.expect("first write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if !then.is_empty() {
+        tcp.write_all(then).await.expect("second write");
+    }
+    let reply = until_closed(&mut tcp).await;
+    (reply, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_lines_before_a_request_line_do_not_end_its_head() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "[http]\nheader_timeout = \"2s\"\n")).await;
+    // Blank lines, then a request line in two reads whose target the
+    // framework would escape: refused, on a first request and on one read
+    // ahead with the request before it.
+    for before in ["", "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"] {
+        let (reply, _) = in_two_writes(
+            proxy.addr,
+            format!("{before}\r\n\r\nGE").as_bytes(),
+            b"T /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await;
+        assert!(
+            reply.contains("HTTP/1.1 400 Bad Request\r\n"),
+            "{before:?}: {reply:?}"
+        );
+    }
+    assert_eq!(targets(&up), ["/ok"]);
+    // Blank lines, then a head that never ends: timed, cut off.
+    let (reply, took) = in_two_writes(proxy.addr, b"\r\n\r\nGET / HTTP/1.1\r\nH", b"").await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "cut off at about 2 s, took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_bare_line_feeds_ends_where_the_parser_ends_it() {
+    let (_blue, _green, proxy) = two_host_proxy("[http]\nheader_timeout = \"1s\"\n").await;
+    // Lines ended by a bare line feed: the head is over at its empty line,
+    // so an answer slower than the header timeout is not cut off by it.
+    let (reply, closed) = exchange(
+        proxy.addr,
+        b"GET /slow?ms=1500 HTTP/1.1\nHost: a.test\nConnection: close\n\n",
+    )
+    .await;
+    assert!(closed, "{reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert_eq!(answers(&reply), 1, "{reply:?}");
+    assert!(reply.ends_with("blue\n"), "the whole answer: {reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_after_pipelined_requests_closes_at_the_keepalive_timeout() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "[http]\nkeepalive_timeout = \"1s\"\n")).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    tcp.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let reply = until_closed(&mut tcp).await;
+    let took = started.elapsed();
+    assert_eq!(answers(&reply), 2, "{reply:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed about 1 s after the last answer, took {took:?}"
+    );
+    assert_eq!(targets(&up), ["/one", "/two"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_line_split_between_a_read_ahead_and_a_read_is_refused() {
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&body(up.addr, "")).await;
+    let (reply, _) = in_two_writes(
+        proxy.addr,
+        b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /a",
+        b" b HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(reply.contains("HTTP/1.1 400 Bad Request\r\n"), "{reply:?}");
+    assert_eq!(targets(&up), ["/ok"]);
 }
