@@ -184,8 +184,6 @@ pub struct DeadlineStream {
     armed: Armed,
     /// Buffers were released during this wait for a head.
     released: bool,
-    /// The part of a refusal the connection did not take at once.
-    unsent: &'static [u8],
     /// The framework has begun reading a head ([`Peek::begin_head`]): the
     /// next one it begins is a later request's.
     started: bool,
@@ -233,7 +231,6 @@ impl DeadlineStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Armed::Head,
             released: false,
-            unsent: &[],
             started: false,
             busy: false,
             _counted: counted,
@@ -299,8 +296,6 @@ fn bad_line() -> io::Error {
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 54\r\nConnection: close\r\n\r\n408 Request Timeout: the request head came too slowly\n";
 const BAD_REQUEST_LINE: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\n400 Bad Request: malformed request line\n";
-/// How long the rest of a refusal may take to write at shutdown.
-const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// Request lines longer than this are left to the target length limit.
 const MAX_CHECKED_LINE: usize = 16 * 1024;
 
@@ -672,18 +667,12 @@ impl DeadlineStream {
         }
     }
 
-    /// A short refusal, written now as far as the connection takes it
-    /// without waiting; what it does not take is written when the
-    /// connection is shut down (see [`Shutdown::shutdown`]).
-    fn refuse(&mut self, cx: &mut Context<'_>, answer: &'static [u8]) {
-        let written = match Pin::new(&mut self.inner).poll_write(cx, answer) {
-            Poll::Ready(Ok(n)) => n,
-            _ => 0,
-        };
-        if written > 0 {
+    /// Best effort: one write of a short refusal before the connection is
+    /// dropped (a client that does not read it loses nothing it needs).
+    fn refuse(&mut self, cx: &mut Context<'_>, answer: &[u8]) {
+        if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, answer) {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
-        self.unsent = &answer[written..];
     }
 
     /// A `101 Switching Protocols` answer going out makes the connection a
@@ -713,19 +702,8 @@ impl DeadlineStream {
 
 #[async_trait]
 impl Shutdown for DeadlineStream {
-    /// Writes what a refusal could not write at once (a client that has
-    /// not read its earlier answers, pipelined), for up to
-    /// `REFUSAL_WRITE`, then shuts the connection down.
     async fn shutdown(&mut self) {
-        let unsent = std::mem::take(&mut self.unsent);
-        if !unsent.is_empty() {
-            let write = async {
-                tokio::io::AsyncWriteExt::write_all(&mut self.inner, unsent).await?;
-                tokio::io::AsyncWriteExt::flush(&mut self.inner).await
-            };
-            let _ = tokio::time::timeout(REFUSAL_WRITE, write).await;
-        }
-        Shutdown::shutdown(&mut *self.inner).await;
+        self.inner.shutdown().await;
     }
 }
 
@@ -819,8 +797,7 @@ impl Peek for DeadlineStream {
         if buffered.is_empty() {
             return Ok(());
         }
-        // The refusal is written without waiting, as from a read; the rest
-        // of it when the framework shuts the refused connection down.
+        // The refusal is written without waiting, as from a read.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         self.take_head_bytes(&mut cx, buffered)
     }

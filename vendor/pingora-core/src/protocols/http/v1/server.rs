@@ -356,11 +356,11 @@ impl HttpSession {
         let mut buf = self.pipelined_prefix.take().unwrap_or_default();
         // Switchyard: the stream checks and times heads as it reads them; a
         // head read ahead with the request before it is handed to it here.
-        // Refused, the stream has answered: the connection ends as when a
-        // later read of a head is refused (shut down, so the stream writes
-        // what of its answer the connection did not take at once).
+        // Refused, the stream has answered: the connection ends quietly, as
+        // when a head's first read is refused.
         if let Err(e) = self.underlying_stream.begin_head(&buf) {
-            return Error::e_because(ReadError, "while reading request headers", e);
+            debug!("request head refused: {e}");
+            return Ok(None);
         }
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
